@@ -184,7 +184,8 @@ def _index_locked(store, root, model, batch_size, workers, progress, max_pixels)
     # Rows whose file is gone, or changed and now unreadable, are dropped.
     now_bad = {s.path for s in new_skips}
     dead = {p for p in known if under(p, root) and (p not in present or p in now_bad)}
-    summary.removed = store.compact(dead)
+    store.compact(dead)  # also drops rows superseded by re-embedded files, which are not removals
+    summary.removed = len(dead)
     summary.skipped = sorted((s for s in keep_skips + new_skips if under(s.path, root)), key=lambda s: s.path)
     summary.total, summary.faiss = _rebuild_faiss(store, model, roots=[root], skipped=len(keep_skips) + len(new_skips))
     summary.seconds = clock.seconds
@@ -229,7 +230,7 @@ class _RichBar:
 
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.speed:>6.1f} img/s" if False else "[cyan]{task.fields[rate]}"),
+            TextColumn("[cyan]{task.fields[rate]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False,
         )
         self.task = self.progress.add_task(label, total=total, rate="")
@@ -328,6 +329,7 @@ def query_folder(
         writer.writerow(["query_path", "reference_path", "score", "rank"])
         for batch in embed_entries(entries, m, batch_size, workers, max_pixels, progress=bar.advance):
             skipped.extend(batch.skipped)
+            summary.queries -= len(batch.skipped)  # unreadable files were never searched
             if not batch.rows:
                 continue
             scores, ids = ann.search(loaded.index, batch.descriptors, top_k + 1)

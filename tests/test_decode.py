@@ -76,6 +76,18 @@ def test_orientation_matches_pillow_exif_transpose(tmp_path):
     assert np.abs(dec.pixels.astype(np.int16) - ref).mean() < 6
 
 
+def test_png_exif_orientation_is_applied(tmp_path):
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20] = RED
+    arr[:, 20:] = BLUE
+    path = tmp_path / "rot.png"
+    Image.fromarray(arr).save(path, exif=_exif(6))
+    dec = decode_file(str(path), 32)
+    px = _check(dec, 32)
+    assert (dec.width, dec.height) == (20, 40)
+    assert _near(px[4, 16], RED, 2) and _near(px[28, 16], BLUE, 2)
+
+
 def _exif(orientation: int, **tags) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -257,7 +269,8 @@ def test_truncated_files_raise_decode_error(tmp_path, name, keep):
 def test_truncated_jpeg_and_png_are_decode_errors(tmp_path, name):
     good = make_photo(tmp_path / name, size=(160, 120), seed=8)
     data = good.read_bytes()
-    for n in (len(data) - 10, len(data) // 2, 200, 30):
+    # Cutting only the PNG trailer (IEND, last CRC) leaves every pixel there; cut into the data.
+    for n in (len(data) - 40, len(data) // 2, 200, 30):
         cut = tmp_path / f"cut{n}_{name}"
         cut.write_bytes(data[:n])
         with pytest.raises(DecodeError):

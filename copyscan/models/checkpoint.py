@@ -79,7 +79,10 @@ def load_checkpoint(path: str | os.PathLike, device: str = "auto") -> Descriptor
     config = read_config(path)
     net = build_net(config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(path).items()}
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor whose shape differs from the config's: torch raises
+        raise ModelUnavailable(f"{path}: weights do not fit the config ({str(exc).splitlines()[-1].strip()})") from None
     if missing or unexpected:
         raise ModelUnavailable(f"{path}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
     info = ModelInfo(
