@@ -19,6 +19,7 @@ from rich.table import Table
 from . import __version__, api
 from .discover import Skipped, display_path
 from .models import DEFAULT_MODEL, ModelUnavailable, list_models
+from .speed import STAGES as SPEED_STAGES
 from .store import IndexError_
 
 app = typer.Typer(
@@ -143,6 +144,69 @@ def models() -> None:
         name = f"{m.name} (default)" if m.name == DEFAULT_MODEL else m.name
         table.add_row(name, str(m.dim), str(m.input_size), m.license, m.requires, m.description)
     out.print(table)
+
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: speed of each stage, synthetic copy-detection sets.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("speed")
+def bench_speed(
+    folder: Path = DirArg,
+    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="Model to measure; repeat to compare models (measured alternately)."),
+    limit: int = typer.Option(1000, "--limit", "-n", min=1, help="Images of the folder to use (the first, by path)."),
+    repeats: int = typer.Option(3, "--repeats", "-r", min=1, help="Measurements per stage and model; medians are shown."),
+    stages: str = typer.Option(",".join(SPEED_STAGES), "--stages", help="Comma-separated subset of discover,decode,model,store,index."),
+    batch_size: int = BatchOpt,
+    workers: Optional[int] = WorkersOpt,
+    device: Device = typer.Option(Device.cpu, "--device", help="Where the model runs."),
+    profile: Optional[Path] = typer.Option(None, "--profile", help="Write a cProfile listing of the first `index` run here."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Images/s of each stage alone (discover, decode + resize, model, store) and of `index` end to end."""
+    from .speed import bench_speed as run_bench, format_table, ratios
+
+    chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
+    unknown = [s for s in chosen if s not in SPEED_STAGES]
+    if unknown:
+        err.print(f"[red]error:[/] unknown stage {unknown[0]!r}: use some of {', '.join(SPEED_STAGES)}")
+        raise typer.Exit(1)
+    models_ = model or [DEFAULT_MODEL]
+    note = (lambda r: err.print(f"  {r.stage:8s} {_esc(r.model)}: {r.rate:,.1f}/s")) if not json_out else None
+    report = _run(run_bench, folder, models_, limit, batch_size, workers, device.value, repeats, chosen, None, profile, note)
+    if json_out:
+        import json
+
+        print(json.dumps(report.to_json()))
+        return
+    table = Table("model", "stage", "speed (median)", "CPU", "peak RSS",
+                  title=f"{report.images} images, {report.cores} cores, {repeats} repeats")
+    for row in format_table(report):
+        table.add_row(*[_esc(c) for c in row])
+    out.print(table)
+    for m in report.models():
+        r = ratios(report, m)
+        if r:
+            out.print(f"{_esc(m)}: index / model-only = {r.get('index_over_model', float('nan')):.2f}, "
+                      f"index / decode-only = {r.get('index_over_decode', float('nan')):.2f}")
+    if report.profile_path:
+        out.print(f"profile of the first index run: {_esc(report.profile_path)}")
+
+
+@app.command()
+def export(
+    model: str = typer.Argument(DEFAULT_MODEL, help="Registered model name or model file to export."),
+    output: Path = typer.Option(..., "--output", "-o", help="The .onnx file to write."),
+    int8: bool = typer.Option(False, "--int8", help="Quantise the convolutions to int8 (static, calibrated)."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="Folder of photos to calibrate int8 on [default: synthetic pictures]."),
+    calibration_images: int = typer.Option(128, "--calibration-images", min=1, help="Calibration images to use."),
+) -> None:
+    """Export a model to ONNX (uint8 pixels in, descriptor out) for onnxruntime; usable as --model FILE."""
+    from .export import export_onnx
+
+    r = _run(export_onnx, model, output, int8, calibration, calibration_images)
+    out.print(f"wrote {_esc(r.path)}: {r.dim}-d, {r.input_size} px input, {'int8' if r.int8 else 'fp32'}, "
+              f"{r.bytes / 1e6:.1f} MB" + (f", calibrated on {r.calibration_images} images" if r.int8 else ""))
 
 
 def _print_index_summary(s: api.IndexSummary | None) -> None:

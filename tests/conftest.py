@@ -22,6 +22,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+import tempfile  # noqa: E402
+
+# Model caches (downloads, ONNX exports) go to a folder of this test run, never the user's.
+os.environ.setdefault("COPYSCAN_CACHE", tempfile.mkdtemp(prefix="copyscan-test-cache-"))
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402

@@ -69,7 +69,7 @@ def test_unknown_file_type_is_refused(tmp_path):
 
 
 def test_tiny_checkpoint_round_trip(tiny_model_path):
-    model = create_model(tiny_model_path, device="cpu")
+    model = create_model(tiny_model_path, device="cpu", runtime="torch")
     assert model.dim == 32 and model.input_size == 64 and model.name == "tiny"
     assert model.info.runtime == "torch"
     assert model.info.weights_sha256 == _sha256(tiny_model_path)
@@ -80,7 +80,7 @@ def test_tiny_checkpoint_round_trip(tiny_model_path):
     np.testing.assert_allclose(a[1:2], model.embed(batch[1:2]), atol=1e-6)  # batch-independent (eval mode)
     np.testing.assert_array_equal(a, model.embed(torch.from_numpy(batch)))  # tensors too
     assert not np.allclose(a[0], a[1])  # different images, different descriptors
-    again = create_model(str(tiny_model_path), device="cpu")
+    again = create_model(str(tiny_model_path), device="cpu", runtime="torch")
     np.testing.assert_array_equal(a, again.embed(batch))
     prep = model.info.preprocessing()
     assert prep["size"] == 64 and prep["resize"] == "squash"
@@ -253,7 +253,7 @@ def test_torchscript_file(tmp_path):
     scripted = torch.jit.script(_TinyNet(16).eval())
     path = tmp_path / "tiny.pt"
     scripted.save(str(path))
-    model = create_model(path, device="cpu")
+    model = create_model(path, device="cpu", runtime="torch")
     assert model.dim == 16 and model.info.runtime == "torchscript" and model.name == "tiny.pt"
     assert model.info.weights_sha256 == _sha256(path)
     batch = _images(2, model.input_size, seed=3)

@@ -28,13 +28,21 @@ def list_models() -> list[ModelSpec]:
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
-def create_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "auto") -> DescriptorModel:
-    """Load a registered model by name, or a model file by path."""
+def create_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "auto",
+                 runtime: str | None = None) -> DescriptorModel:
+    """Load a registered model by name, or a model file by path.
+
+    `runtime` ("auto", "torch" or "onnx"; default `$COPYSCAN_RUNTIME` or "auto"): on a CPU, "auto"
+    runs torch models on ONNX Runtime, which is several times faster (see `models/runtime.py`).
+    """
+    from .runtime import for_this_machine, requested_runtime
+
     key = os.fspath(name_or_path)
+    choice = requested_runtime(runtime)
     if key in _REGISTRY:
-        return _REGISTRY[key].loader(device)
+        return for_this_machine(_REGISTRY[key].loader(device), choice)
     if os.path.exists(key):
-        return load_model_file(key, device)
+        return for_this_machine(load_model_file(key, device), choice)
     names = ", ".join(sorted(_REGISTRY))
     raise ModelUnavailable(f"unknown model {key!r}: use one of {names}, or the path of a model file")
 
@@ -47,7 +55,7 @@ def load_model_file(path: str, device: str = "auto") -> DescriptorModel:
     if lower.endswith(".safetensors"):
         return load_checkpoint(path, device)
     if lower.endswith(".onnx"):
-        return OnnxDescriptor(path, name, size=320)
+        return OnnxDescriptor(path, name)
     if lower.endswith((".pt", ".pth", ".torchscript")):
         return load_torchscript(path, name, device)
     raise ModelUnavailable(f"{path}: unknown model file type (expected .safetensors, .pt or .onnx)")

@@ -60,7 +60,8 @@ class OnnxDescriptor(DescriptorModel):
     gives).
     """
 
-    def __init__(self, path: str | os.PathLike, name: str, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, threads: int = 0):
+    def __init__(self, path: str | os.PathLike, name: str, size: int | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 threads: int = 0):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -75,6 +76,12 @@ class OnnxDescriptor(DescriptorModel):
             raise ModelUnavailable(f"{path} is not a loadable ONNX model: {str(exc).splitlines()[0]}") from None
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
+        # A file written by `copyscan export` says its own input size and normalisation.
+        config = _copyscan_config(self.session)
+        if config:
+            size, mean, std = int(config["input_size"]), tuple(config["mean"]), tuple(config["std"])
+        elif size is None:
+            size = _static_size(inp.shape) or SSCD_SIZE
         self.uint8_nhwc = inp.type == "tensor(uint8)"
         self.device = torch.device("cpu")
         self._mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * 255.0
@@ -89,6 +96,23 @@ class OnnxDescriptor(DescriptorModel):
         out = self.session.run(None, {self.input_name: x})[0].astype(np.float32)
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
+
+
+def _copyscan_config(session) -> dict | None:
+    import json
+
+    raw = (session.get_modelmeta().custom_metadata_map or {}).get("copyscan_config")
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _static_size(shape) -> int | None:
+    """The side of a fixed-size square NHWC or NCHW input, if the graph declares one."""
+    dims = [d for d in shape[1:] if isinstance(d, int)]
+    sides = [d for d in dims if d != 3]
+    return sides[0] if len(sides) == 2 and sides[0] == sides[1] else None
 
 
 def load_sscd_r50_int8(device: str = "auto") -> DescriptorModel:

@@ -1,0 +1,106 @@
+"""ONNX export (`copyscan export`), the automatic ONNX Runtime path on CPU, and `bench speed`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from conftest import make_photo  # noqa: E402
+
+from copyscan.export import export_onnx  # noqa: E402
+from copyscan.models import create_model  # noqa: E402
+from copyscan.models.runtime import onnx_cache_path  # noqa: E402
+
+
+def _pixels(n: int, size: int, seed: int = 0) -> np.ndarray:
+    from conftest import photo_array
+
+    return np.stack([photo_array((size, size), seed + i) for i in range(n)])
+
+
+def test_export_keeps_identity_and_descriptors(tiny_model_path, tmp_path):
+    out = tmp_path / "tiny.onnx"
+    result = export_onnx(tiny_model_path, out)
+    assert result.dim == 32 and result.input_size == 64 and not result.int8 and out.stat().st_size == result.bytes
+    reference = create_model(tiny_model_path, device="cpu", runtime="torch")
+    exported = create_model(out)
+    # Input size and normalisation come from the file's metadata, not from a guess.
+    assert exported.info.runtime == "onnxruntime" and exported.input_size == 64 and exported.dim == 32
+    assert exported.info.mean == reference.info.mean and exported.info.std == reference.info.std
+    batch = _pixels(5, 64)
+    a, b = reference.embed(torch.from_numpy(batch)), exported.embed(batch)
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    assert (a * b).sum(1).min() > 0.9999
+
+
+def test_int8_export_is_calibrated_and_close(tiny_model_path, tmp_path):
+    photos = tmp_path / "calib"
+    for i in range(6):
+        make_photo(photos / f"{i}.jpg", size=(96, 80), seed=i)
+    out = tmp_path / "tiny_int8.onnx"
+    result = export_onnx(tiny_model_path, out, int8=True, calibration=photos, calibration_images=6, batch_size=3)
+    assert result.int8 and result.calibration_images == 6
+    model = create_model(out)
+    batch = _pixels(4, 64, seed=50)
+    q = model.embed(batch)
+    ref = create_model(tiny_model_path, device="cpu", runtime="torch").embed(torch.from_numpy(batch))
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
+    assert (q * ref).sum(1).mean() > 0.9  # quantised, not identical; a broken graph scores ~0
+
+
+def test_cpu_models_run_on_onnxruntime_by_default(tiny_model_path, monkeypatch):
+    auto = create_model(tiny_model_path, device="cpu")
+    torch_model = create_model(tiny_model_path, device="cpu", runtime="torch")
+    assert auto.info.runtime == "onnxruntime" and torch_model.info.runtime == "torch"
+    # The same model as far as an index is concerned: a torch index can be queried on ONNX.
+    assert (auto.name, auto.dim, auto.info.weights_sha256) == (torch_model.name, torch_model.dim, torch_model.info.weights_sha256)
+    batch = _pixels(3, 64, seed=9)
+    np.testing.assert_allclose(auto.embed(batch), torch_model.embed(torch.from_numpy(batch)), atol=1e-4)
+    cached = onnx_cache_path(torch_model)
+    stamp = cached.stat().st_mtime_ns
+    create_model(tiny_model_path, device="cpu")
+    assert cached.stat().st_mtime_ns == stamp  # exported once, then reused
+    monkeypatch.setenv("COPYSCAN_RUNTIME", "torch")
+    assert create_model(tiny_model_path, device="cpu").info.runtime == "torch"
+    monkeypatch.setenv("COPYSCAN_RUNTIME", "tensorrt")
+    with pytest.raises(Exception, match="unknown runtime"):
+        create_model(tiny_model_path, device="cpu")
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "copyscan", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def test_export_cli(tiny_model_path, tmp_path):
+    r = _cli("export", str(tiny_model_path), "-o", str(tmp_path / "m.onnx"))
+    assert r.returncode == 0, r.stderr
+    assert "32-d" in r.stdout and "fp32" in r.stdout and r.stderr.strip() == ""
+    r = _cli("export", "no_such_model", "-o", str(tmp_path / "x.onnx"))
+    assert r.returncode == 1 and "unknown model" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_speed_cli(tiny_model_path, tmp_path):
+    for i in range(10):
+        make_photo(tmp_path / "photos" / f"{i}.jpg", size=(120, 90), seed=i)
+    r = _cli("bench", "speed", str(tmp_path / "photos"), "-m", str(tiny_model_path), "--repeats", "1",
+             "--stages", "decode,model,index", "-j", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["images"] == 10
+    (row,) = doc["models"]
+    for stage in ("decode", "model", "index"):
+        assert row[stage]["images_per_s"] > 0 and row[stage]["peak_rss_mb"] > 0
+    assert row["model"]["runtime"] == "onnxruntime"
+    assert 0 < row["index_over_model"] and 0 < row["index_over_decode"]
+    r = _cli("bench", "speed", str(tmp_path / "photos"), "--stages", "decode,warp")
+    assert r.returncode == 1 and "unknown stage" in r.stderr
