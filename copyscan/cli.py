@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -18,7 +19,9 @@ from rich.table import Table
 
 from . import __version__, api
 from .discover import Skipped, display_path
+from .edits import EDITS as EDIT_NAMES
 from .models import DEFAULT_MODEL, ModelUnavailable, list_models
+from .errors import UserError
 from .speed import STAGES as SPEED_STAGES
 from .store import IndexError_
 
@@ -47,7 +50,7 @@ def _run(fn, *args, **kwargs):
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         raise typer.Exit(130)
-    except (ModelUnavailable, IndexError_, FileNotFoundError, NotADirectoryError) as exc:
+    except (ModelUnavailable, IndexError_, UserError, FileNotFoundError, NotADirectoryError) as exc:
         err.print(f"[red]error:[/] {_plain(exc)}")
         raise typer.Exit(1)
     except Exception as exc:
@@ -193,6 +196,44 @@ def bench_speed(
         out.print(f"profile of the first index run: {_esc(report.profile_path)}")
 
 
+class SynthDifficulty(str, Enum):
+    easy = "easy"
+    medium = "medium"
+    hard = "hard"
+    mixed = "mixed"
+
+
+@bench_app.command("synth")
+def bench_synth(
+    src: Path = typer.Argument(..., metavar="SRC", help="Folder of photos to build the benchmark from (searched recursively).", show_default=False),
+    out_dir: Path = typer.Argument(..., metavar="OUT", help="Benchmark folder to create (absent or empty).", show_default=False),
+    references: Optional[int] = typer.Option(None, "--references", "-n", help="Reference photos \\[default: up to 1000, leaving SRC's share for the distractors]."),
+    copy_fraction: float = typer.Option(0.5, "--copy-fraction", help="Share of the references that get an edited copy among the queries."),
+    distractors: Optional[int] = typer.Option(None, "--distractors", help="Edited photos that are no reference's copy, among the queries \\[default: as many as copies]."),
+    distractor_source: Optional[Path] = typer.Option(None, "--distractor-source", help="Folder to take the distractors from \\[default: held out of SRC]."),
+    edits: Optional[str] = typer.Option(None, "--edits", help=f"Comma-separated edits to draw from \\[default: all]: {', '.join(EDIT_NAMES)}."),
+    difficulty: SynthDifficulty = typer.Option(SynthDifficulty.mixed, "--difficulty", help="How many and how strong edits a query gets; mixed draws one level per query."),
+    seed: int = typer.Option(0, "--seed", help="The same seed and options give byte-identical files."),
+    max_side: int = typer.Option(512, "--max-side", help="Longest side of the written images, in pixels."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a benchmark already in OUT."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Make a copy-detection benchmark: OUT/references/, OUT/queries/, gt.csv, labels.csv, bench.json."""
+    from .synth import synthesize
+
+    s = _run(
+        synthesize, src, out_dir, references, copy_fraction, distractors, distractor_source, edits, difficulty.value,
+        seed, max_side, overwrite, not quiet,
+    )
+    out.print(
+        f"benchmark [bold]{_esc(s.out)}[/]: {s.references} references, {s.queries} queries "
+        f"({s.copies} copies, {s.distractors} distractors), {len(s.skipped)} skipped ({s.seconds:.1f} s)"
+    )
+    for line in s.shortfall:
+        out.print(f"[yellow]{_esc(line)}[/]")
+    _print_skipped(s.skipped, Path(s.out) / "bench.json")
+
+
 @app.command()
 def export(
     model: str = typer.Argument(DEFAULT_MODEL, help="Registered model name or model file to export."),
@@ -207,6 +248,56 @@ def export(
     r = _run(export_onnx, model, output, int8, calibration, calibration_images)
     out.print(f"wrote {_esc(r.path)}: {r.dim}-d, {r.input_size} px input, {'int8' if r.int8 else 'fp32'}, "
               f"{r.bytes / 1e6:.1f} MB" + (f", calibrated on {r.calibration_images} images" if r.int8 else ""))
+
+
+@app.command()
+def calibrate(
+    folder: Path = DirArg,
+    model: Optional[str] = ModelOpt,
+    sample: int = typer.Option(100, "--sample", "-n", min=2, help="Photos of the folder to sample."),
+    edits: Optional[str] = typer.Option(None, "--edits", help="Comma-separated edits to test [default: all but rotate90, vflip]."),
+    difficulty: str = typer.Option("medium", "--difficulty", help="easy, medium or hard edits."),
+    precision: Optional[list[float]] = typer.Option(None, "--precision", "-p", help="Target precision; repeatable [default: 0.99 and 0.9]."),
+    threshold: float = typer.Option(api.DEFAULT_THRESHOLD, "--threshold", "-t", help="A threshold to report as well."),
+    output: Path = typer.Option(Path("copyscan-calibrate"), "--output", "-o", help="Folder for report.html, calibration.json, scores.csv."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample and the edits."),
+    batch_size: int = BatchOpt,
+    workers: Optional[int] = WorkersOpt,
+    device: Device = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Pick a threshold from your own photos: edited copies of a sample against the rest, at a named precision."""
+    from .calibrate import DEFAULT_PRECISIONS, calibrate as run_calibration, write_outputs
+
+    names = [e.strip() for e in edits.split(",")] if edits else None
+    done = [0]
+    status = err.status("calibrating: embedding the sample", spinner="dots") if not quiet else nullcontext()
+    with status as spinner:
+        def tick(n: int) -> None:
+            done[0] += n
+            if spinner is not None:
+                spinner.update(f"calibrating: {done[0]} photos and edited copies embedded")
+
+        cal = _run(run_calibration, folder, model or DEFAULT_MODEL, sample, names, difficulty,
+                   tuple(precision or DEFAULT_PRECISIONS), threshold, seed, batch_size, workers, device.value, tick)
+    files = _run(write_outputs, cal, output)
+    out.print(f"{cal.model} on {cal.originals} photos of {_esc(cal.folder)}: {cal.copies} edited copies, "
+              f"{cal.non_copy_pairs:,} non-copy pairs")
+    table = Table("", *[f"P >= {p.target_precision:g}" for p in cal.points], f"threshold {threshold:g}")
+    pts = cal.points + [cal.at_threshold]
+    fmt = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
+    table.add_row("threshold", *[fmt(p.threshold) for p in pts])
+    table.add_row("precision", *[fmt(p.precision) for p in pts])
+    table.add_row("recall", *[fmt(p.recall) for p in pts])
+    table.add_row("false pos. per pair", *[fmt(p.false_positive_rate, 6) for p in pts])
+    for name in cal.edits:
+        if name in cal.per_edit_median:
+            table.add_row(f"  recall: {name}", *[fmt(p.per_edit_recall.get(name), 2) for p in pts])
+    out.print(table)
+    for p in cal.points:
+        if p.threshold is None:
+            out.print(f"[yellow]no threshold reaches precision {p.target_precision:g} on this sample[/]")
+    out.print(f"report: {_esc(files['html'])}")
 
 
 def _print_index_summary(s: api.IndexSummary | None) -> None:
