@@ -94,30 +94,54 @@ def search_above(index: faiss.Index, queries: np.ndarray, threshold: float, k: i
                  max_k: int = 100_000) -> list[tuple[np.ndarray, np.ndarray]]:
     """Every neighbour scoring at least `threshold`, per query, as (ids, scores) sorted by score.
 
-    Starts at `k` neighbours and grows k fourfold for the queries whose k-th neighbour still
-    scores above the threshold (an image with 300 copies gets all 300). Growth happens in chunks
-    of at most `RESULT_BUDGET` (query, neighbour) cells and results are kept sparse, so memory
-    stays bounded even when thousands of images are near-identical.
+    The per-query view of `search_above_flat` (see there for how k grows and memory stays bounded).
+    """
+    rows, ids, scores = search_above_flat(index, queries, threshold, k, max_k)
+    # search_above_flat returns hits grouped by query row, each query's best first.
+    bounds = np.searchsorted(rows, np.arange(len(queries) + 1))
+    return [(ids[a:b], scores[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def search_above_flat(index: faiss.Index, queries: np.ndarray, threshold: float, k: int = 32,
+                      max_k: int = 100_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (query row, neighbour id, score) with score >= `threshold`, as three flat arrays.
+
+    Sorted by query row, then by score (best first). Starts at `k` neighbours and grows k fourfold
+    for the queries whose k-th neighbour still scores above the threshold (an image with 300
+    copies gets all 300). Growth happens in chunks of at most `RESULT_BUDGET` (query, neighbour)
+    cells and only hits are kept, as flat arrays rather than one Python object per query, so
+    memory stays bounded even when thousands of images are near-identical.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     n = index.ntotal
-    out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, np.int64), np.empty(0, np.float32))] * len(queries)
-    if n == 0 or len(queries) == 0:
-        return out
-    pending = np.arange(len(queries))
+    found_rows: list[np.ndarray] = []
+    found_ids: list[np.ndarray] = []
+    found_scores: list[np.ndarray] = []
+    pending = np.arange(len(queries)) if n else np.arange(0)
     k = max(1, min(k, n))
     while len(pending):
         chunk = max(1, RESULT_BUDGET // k)
-        grow = []
+        grow: list[np.ndarray] = []
         for start in range(0, len(pending), chunk):
             rows = pending[start:start + chunk]
             scores, ids = index.search(queries[rows], k)
-            for row, s, i in zip(rows, scores, ids):
-                ok = (i >= 0) & (s >= threshold)
-                if ok.all() and k < min(n, max_k):
-                    grow.append(row)
-                else:
-                    out[row] = (i[ok].astype(np.int64), s[ok])
-        pending = np.asarray(grow, dtype=np.int64)
+            hit = (ids >= 0) & (scores >= threshold)
+            # A query whose every neighbour is a hit may have more: ask again with a larger k.
+            full = hit.all(axis=1) if k < min(n, max_k) else np.zeros(len(rows), dtype=bool)
+            grow.append(rows[full])
+            hit[full] = False
+            row_of_hit, col_of_hit = np.nonzero(hit)
+            found_rows.append(rows[row_of_hit])
+            found_ids.append(ids[row_of_hit, col_of_hit].astype(np.int64))
+            found_scores.append(scores[row_of_hit, col_of_hit].astype(np.float32))
+        pending = np.concatenate(grow) if grow else np.arange(0)
         k = min(n, max_k, k * 4)
-    return out
+    if not found_rows:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    rows = np.concatenate(found_rows).astype(np.int64)
+    ids = np.concatenate(found_ids)
+    scores = np.concatenate(found_scores)
+    # Rounds interleave rows; each query's hits all come from its last round, in FAISS's order
+    # (best first), so a stable sort by row keeps that order within a query.
+    order = np.argsort(rows, kind="stable")
+    return rows[order], ids[order], scores[order]

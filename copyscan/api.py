@@ -22,18 +22,23 @@ from typing import Iterator
 import numpy as np
 
 from . import ann
+from .background import PostOptions
+from .background import configure as configure_postprocess
+from .background import load as load_postprocess
 from .decode import DEFAULT_MAX_PIXELS
 from .discover import Skipped, discover, display_path, resolve_root, under
 from .embed import Throughput, embed_entries
-from .group import Item, build_groups
+from .group import Item, Pairs, build_groups
 from .models import DEFAULT_MODEL, DescriptorModel, create_model, list_models
+from .postprocess import PostProcess
 from .results import Group, Match, QueryResult
 from .store import IndexError_, IndexStore, Row, descriptors_of, paths_of, rows_to_table
 
 DEFAULT_THRESHOLD = 0.75
 DEFAULT_TOP_K = 5
-SHARD_ROWS = 2048  # rows per Parquet shard ...
+SHARD_ROWS = 2048  # rows per Parquet shard (or $COPYSCAN_FLUSH_ROWS) ...
 SHARD_SECONDS = 30.0  # ... or fewer, so that a killed run loses at most this much work
+FLUSH_ROWS_ENV = "COPYSCAN_FLUSH_ROWS"
 
 
 class Interrupted(RuntimeError):
@@ -116,24 +121,31 @@ def index_folder(
     device: str = "auto",
     progress: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    post: PostOptions | None = None,
 ) -> IndexSummary:
     """Embed new and changed images under `folder` into the index; drop rows of removed files.
 
     Files already indexed with the same size and mtime are not decoded again, nor are files
     that failed before and have not changed. Interrupting keeps finished shards: the next run
-    resumes where this one stopped.
+    resumes where this one stopped. `post` sets up (or switches off) whitening and score
+    normalisation, kept in the index for later queries (see copyscan.background).
     """
     root = resolve_root(folder)
     store = IndexStore(index_dir or default_index_dir())
     store.lock()
     try:
-        return _index_locked(store, root, _model(model, device), batch_size, workers, progress, max_pixels)
+        m = _model(model, device)
+        if post is not None and post.given():
+            store.check_model(m.info)
+            configure_postprocess(store, m, post, _scored_roots(store, root), batch_size, workers, progress)
+        return _index_locked(store, root, m, batch_size, workers, progress, max_pixels)
     finally:
         store.unlock()
 
 
 def _index_locked(store, root, model, batch_size, workers, progress, max_pixels) -> IndexSummary:
     clock = Throughput()
+    flush_rows = _flush_rows()
     store.check_model(model.info)
     entries, found_skips = discover(root)
     known = store.known_files()
@@ -157,10 +169,14 @@ def _index_locked(store, root, model, batch_size, workers, progress, max_pixels)
     def flush() -> None:
         nonlocal last_flush
         if buffer_rows:
-            store.write_shard(store.next_shard_number(), rows_to_table(buffer_rows, np.concatenate(buffer_desc)))
-            summary.embedded += len(buffer_rows)
+            # Taken out of the buffer before the write: a Ctrl-C landing after the shard is on
+            # disk must not make the interrupt handler's flush write the same rows again. One
+            # landing before the rename loses this shard's rows, which the next run embeds.
+            rows, descs = list(buffer_rows), list(buffer_desc)
             buffer_rows.clear()
             buffer_desc.clear()
+            store.write_shard(store.next_shard_number(), rows_to_table(rows, np.concatenate(descs)))
+            summary.embedded += len(rows)
         store.write_skipped(keep_skips + new_skips)
         last_flush = time.monotonic()
 
@@ -172,7 +188,7 @@ def _index_locked(store, root, model, batch_size, workers, progress, max_pixels)
                 buffer_rows.extend(batch.rows)
                 buffer_desc.append(batch.descriptors)
                 new_skips.extend(batch.skipped)
-                if len(buffer_rows) >= SHARD_ROWS or time.monotonic() - last_flush >= SHARD_SECONDS:
+                if len(buffer_rows) >= flush_rows or time.monotonic() - last_flush >= SHARD_SECONDS:
                     flush()
     except KeyboardInterrupt:
         flush()
@@ -193,10 +209,21 @@ def _index_locked(store, root, model, batch_size, workers, progress, max_pixels)
     return summary
 
 
+def _flush_rows() -> int:
+    """Rows per shard: SHARD_ROWS, or $COPYSCAN_FLUSH_ROWS (smaller shards lose less to a kill)."""
+    text = os.environ.get(FLUSH_ROWS_ENV, "").strip()
+    if not text:
+        return SHARD_ROWS
+    if not text.isdigit() or int(text) < 1:
+        raise IndexError_(f"{FLUSH_ROWS_ENV} must be a whole number of rows of at least 1, not {text!r}")
+    return int(text)
+
+
 def _rebuild_faiss(store: IndexStore, model: DescriptorModel, roots: list[str], skipped: int) -> tuple[int, str]:
     table = store.read_table(["descriptor"])
-    vectors = descriptors_of(table)
-    choice = ann.choose_index(len(vectors), model.dim)
+    # The shards keep the model's own descriptors; FAISS holds them post-processed.
+    vectors = load_postprocess(store, store.read_manifest()).transform(descriptors_of(table))
+    choice = ann.choose_index(len(vectors), vectors.shape[1])
     index = ann.build_index(vectors, choice)
     tmp = str(store.faiss_path) + ".tmp"
     ann.save_index(index, tmp)
@@ -206,7 +233,7 @@ def _rebuild_faiss(store: IndexStore, model: DescriptorModel, roots: list[str], 
         "rule": choice.reason,
         "nprobe": choice.nprobe,
         "count": len(vectors),
-        "shards_fingerprint": store.shard_fingerprint(),
+        "shards_fingerprint": _faiss_fingerprint(store, store.read_manifest()),
     }
     counts = {"images": len(vectors), "shards": len(store.shard_paths()), "skipped": skipped}
     store.write_manifest(model.info, counts, meta, roots)
@@ -263,6 +290,7 @@ class LoadedIndex:
     manifest: dict
     index: object  # faiss.Index
     paths: list[str]
+    post: PostProcess = field(default_factory=PostProcess)  # the index's stored post-processing
 
     @property
     def model_ref(self) -> str:
@@ -276,18 +304,52 @@ def load_index(index_dir: str | os.PathLike | None = None) -> LoadedIndex:
     """Open an index for searching; rebuilds the FAISS file in memory if shards changed since."""
     store = IndexStore(index_dir or default_index_dir())
     manifest = store.read_manifest()
+    post = load_postprocess(store, manifest)
     table = store.read_table(["descriptor"] if _stale(store, manifest) else [])
     paths = paths_of(table)
     if _stale(store, manifest):
-        index = ann.build_index(descriptors_of(table))
+        index = ann.build_index(post.transform(descriptors_of(table)))
     else:
         index = ann.load_index(str(store.faiss_path))
-    return LoadedIndex(store, manifest, index, paths)
+    return LoadedIndex(store, manifest, index, paths, post)
 
 
 def _stale(store: IndexStore, manifest: dict) -> bool:
     meta = manifest.get("faiss", {})
-    return not store.faiss_path.exists() or meta.get("shards_fingerprint") != store.shard_fingerprint()
+    return not store.faiss_path.exists() or meta.get("shards_fingerprint") != _faiss_fingerprint(store, manifest)
+
+
+def default_threshold(manifest: dict) -> float:
+    """DEFAULT_THRESHOLD for cosines; with post-processing, the score that 1 in 100,000 pairs of
+    background images reaches (recorded when it was fitted): normalised scores are on another scale."""
+    entry = manifest.get("postprocess") or {}
+    return float(entry.get("threshold", DEFAULT_THRESHOLD))
+
+
+def _faiss_fingerprint(store: IndexStore, manifest: dict) -> str:
+    """The shards' fingerprint, plus the post-processing file's checksum when one is set: a FAISS
+    file built from other transformed vectors is as stale as one built from other shards."""
+    shards = store.shard_fingerprint()
+    entry = manifest.get("postprocess")
+    return f"{shards}+{entry['sha256'][:16]}" if entry else shards
+
+
+def _scored_roots(store: IndexStore, *folders: str) -> list[str]:
+    """The folders whose images are scored: the index's roots and this command's folders."""
+    roots = store.read_manifest().get("roots", []) if store.exists() else []
+    return [*roots, *folders]
+
+
+def _set_postprocess(store: IndexStore, model: DescriptorModel, post: PostOptions, folder: str,
+                     batch_size: int, workers: int | None, progress: bool) -> None:
+    """Refit or switch off an existing index's post-processing, and rebuild FAISS to match."""
+    store.lock()
+    try:
+        configure_postprocess(store, model, post, _scored_roots(store, folder), batch_size, workers, progress)
+        counts = store.read_manifest().get("counts", {})
+        _rebuild_faiss(store, model, roots=[], skipped=int(counts.get("skipped", 0)))
+    finally:
+        store.unlock()
 
 
 def _model_for_index(loaded: LoadedIndex, model: str | DescriptorModel | None, device: str) -> DescriptorModel:
@@ -300,7 +362,7 @@ def query_folder(
     folder: str | os.PathLike,
     index_dir: str | os.PathLike | None = None,
     output: str | os.PathLike = "copyscan-query",
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
     top_k: int = DEFAULT_TOP_K,
     model: str | DescriptorModel | None = None,
     batch_size: int = 32,
@@ -309,15 +371,23 @@ def query_folder(
     progress: bool = False,
     report: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    post: PostOptions | None = None,
 ) -> QuerySummary:
     """Match every image under `folder` against the index: OUT/matches.csv and OUT/report.html.
 
-    A match is kept when its score is at least `threshold` (-1 keeps every top-k match). A file
-    matched against itself (same path) is left out.
+    A match is kept when its score is at least `threshold` (-1 keeps every top-k match; None:
+    the index's suggested threshold with post-processing, else DEFAULT_THRESHOLD). A file
+    matched against itself (same path) is left out. With score normalisation in the index, a
+    score is the cosine less the query's background bias (see copyscan.postprocess).
     """
     clock = Throughput()
     loaded = load_index(index_dir)
     m = _model_for_index(loaded, model, device)
+    if post is not None and post.given():
+        _set_postprocess(loaded.store, m, post, resolve_root(folder), batch_size, workers, progress)
+        loaded = load_index(index_dir)
+    threshold = default_threshold(loaded.manifest) if threshold is None else threshold
+    floor = -np.inf if threshold <= -1 else threshold  # normalised scores can fall below -1
     entries, skipped = discover(folder)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -332,11 +402,13 @@ def query_folder(
             summary.queries -= len(batch.skipped)  # unreadable files were never searched
             if not batch.rows:
                 continue
-            scores, ids = ann.search(loaded.index, batch.descriptors, top_k + 1)
+            queries = loaded.post.transform(batch.descriptors)
+            scores, ids = ann.search(loaded.index, queries, top_k + 1)
+            scores = scores - loaded.post.bias(queries)[:, None]
             for row, s_row, i_row in zip(batch.rows, scores, ids):
                 result = QueryResult(row.path, width=row.width, height=row.height)
                 for s, i in zip(s_row, i_row):
-                    if i < 0 or s < threshold or loaded.paths[i] == row.path or len(result.matches) == top_k:
+                    if i < 0 or s < floor or loaded.paths[i] == row.path or len(result.matches) == top_k:
                         continue
                     result.matches.append(Match(loaded.paths[i], float(s), len(result.matches) + 1))
                     writer.writerow([display_path(row.path), display_path(loaded.paths[i]), f"{s:.6f}", len(result.matches)])
@@ -370,7 +442,7 @@ REPORT_ITEMS = 2000  # queries or groups drawn in an HTML report; the CSV always
 def dedupe(
     folder: str | os.PathLike,
     output: str | os.PathLike = "copyscan-dedupe",
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
     index_dir: str | os.PathLike | None = None,
     model: str | DescriptorModel | None = None,
     batch_size: int = 32,
@@ -379,6 +451,7 @@ def dedupe(
     progress: bool = False,
     report: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    post: PostOptions | None = None,
 ) -> DedupeSummary:
     """Find groups of copies inside `folder`: OUT/groups.csv, OUT/groups.json, OUT/report.html.
 
@@ -390,10 +463,12 @@ def dedupe(
     if model is None:
         model = _existing_model_ref(store) or DEFAULT_MODEL
     m = _model(model, device)
-    index_summary = index_folder(root, store.folder, m, batch_size, workers, device, progress, max_pixels)
+    index_summary = index_folder(root, store.folder, m, batch_size, workers, device, progress, max_pixels, post)
     table = store.read_table(["width", "height", "bytes", "content_hash", "pixel_hash", "descriptor"], root=root)
     paths = paths_of(table)
-    vectors = descriptors_of(table)
+    post_process = load_postprocess(store, store.read_manifest())
+    threshold = default_threshold(store.read_manifest()) if threshold is None else threshold
+    vectors = post_process.transform(descriptors_of(table))
     items = [
         Item(p, w, h, b, ch, ph)
         for p, w, h, b, ch, ph in zip(
@@ -401,7 +476,7 @@ def dedupe(
             table.column("content_hash").to_pylist(), table.column("pixel_hash").to_pylist(),
         )
     ]
-    pairs = find_pairs(vectors, threshold)
+    pairs = _find_pairs_normalised(vectors, threshold, post_process)
     groups = build_groups(items, pairs, threshold)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -431,22 +506,49 @@ def _existing_model_ref(store: IndexStore) -> str | None:
     return m["name"] if m["name"] in {s.name for s in list_models()} else m["source"]
 
 
-def find_pairs(vectors: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """All pairs (i < j) scoring at least `threshold`, by neighbour search: never an N x N matrix."""
-    if len(vectors) < 2:
-        return []
+def _find_pairs_normalised(vectors: np.ndarray, threshold: float, post: PostProcess) -> Pairs:
+    """find_pairs where a pair (i, j) scores its cosine less beta x (b_i + b_j) / 2 (both ends
+    are queries in dedupe; see copyscan.postprocess); plain find_pairs without score norm."""
+    if not post.score_norm:
+        return find_pairs(vectors, threshold)
+    bias = post.bias(vectors)
+    # No pair whose cosine is below threshold + min(bias) can reach the threshold once normalised.
+    raw = find_pairs(vectors, threshold + (float(bias.min()) if len(bias) else 0.0))
+    score = raw.score - (bias[raw.first] + bias[raw.second]) / 2
+    keep = score >= threshold
+    return Pairs(raw.first[keep], raw.second[keep], score[keep].astype(np.float32))
+
+
+def find_pairs(vectors: np.ndarray, threshold: float, query_rows: np.ndarray | None = None) -> Pairs:
+    """All pairs (i < j) scoring at least `threshold`, by neighbour search: never an N x N matrix.
+
+    Hits stream batch by batch into flat numpy arrays (no Python object per pair). A pair found
+    from both ends is kept once, with the higher of its two scores (they can differ in the last
+    bits of a float32). `query_rows` limits the search to the pairs with at least one end among
+    those rows (new images against a whole collection; a sample, to time a large run).
+    """
+    n = len(vectors)
+    if n < 2:
+        return Pairs.empty()
     index = ann.build_index(vectors)
-    best: dict[tuple[int, int], float] = {}
-    for start in range(0, len(vectors), ann.SEARCH_BATCH):
-        found = ann.search_above(index, vectors[start:start + ann.SEARCH_BATCH], threshold)
-        for offset, (ids, scores) in enumerate(found):
-            i = start + offset
-            for j, s in zip(ids.tolist(), scores.tolist()):
-                if j != i:
-                    key = (i, j) if i < j else (j, i)
-                    if s > best.get(key, -2.0):
-                        best[key] = s
-    return [(i, j, s) for (i, j), s in best.items()]
+    queries = np.arange(n) if query_rows is None else np.asarray(query_rows, dtype=np.int64)
+    firsts: list[np.ndarray] = []
+    seconds: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    for start in range(0, len(queries), ann.SEARCH_BATCH):
+        batch = queries[start:start + ann.SEARCH_BATCH]
+        rows, ids, found = ann.search_above_flat(index, vectors[batch], threshold)
+        rows = batch[rows]
+        other = rows != ids  # an image is its own best neighbour
+        rows, ids = rows[other], ids[other]
+        firsts.append(np.minimum(rows, ids))
+        seconds.append(np.maximum(rows, ids))
+        scores.append(found[other])
+    if not firsts:
+        return Pairs.empty()
+    del index  # the FAISS copy of the vectors goes before the pairs are merged
+    both_ends = Pairs(np.concatenate(firsts), np.concatenate(seconds), np.concatenate(scores))
+    return both_ends.best_per_pair(n)
 
 
 def write_groups_csv(path: Path, groups: list[Group]) -> None:

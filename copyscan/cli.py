@@ -48,7 +48,7 @@ def _run(fn, *args, **kwargs):
         err.print(f"[yellow]{exc}[/]")
         raise typer.Exit(130)
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]")
+        err.print("[yellow]interrupted: run the same command again to resume (finished work is kept)[/]")
         raise typer.Exit(130)
     except (ModelUnavailable, IndexError_, UserError, FileNotFoundError, NotADirectoryError) as exc:
         err.print(f"[red]error:[/] {_plain(exc)}")
@@ -76,6 +76,18 @@ BatchOpt = typer.Option(32, "--batch-size", "-b", min=1, help="Images per model 
 WorkersOpt = typer.Option(None, "--workers", "-j", min=0, help="Decoding processes [default: CPU count, at most 8].")
 DeviceOpt = typer.Option(Device.auto, "--device", help="Where the model runs.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+# Post-processing: given on index, query, dedupe or eval, it is stored in the index for later runs.
+BackgroundOpt = typer.Option(None, "--background", help="Photos unrelated to the references and queries to fit whitening and score normalisation on (both on by default); kept in the index.", show_default=False)
+WhitenOpt = typer.Option(None, "--whiten/--no-whiten", help="PCA whitening + L2 norm of descriptors [default: as stored in the index].", show_default=False)
+ScoreNormOpt = typer.Option(None, "--score-norm/--no-score-norm", help="Subtract beta x a query's mean similarity to its 3 nearest background images [default: as stored].", show_default=False)
+WhitenDimOpt = typer.Option(None, "--whiten-dim", min=1, help="Whitened dimension [default: background images / 4, at most 256 and the model's].", show_default=False)
+BetaOpt = typer.Option(None, "--beta", help="Score normalisation weight [default: 1].", show_default=False)
+
+
+def _post(background, whiten, score_norm, whiten_dim, beta):
+    from .background import PostOptions
+
+    return PostOptions(background, whiten, score_norm, whiten_dim, beta)
 
 
 @app.command()
@@ -87,9 +99,15 @@ def index(
     workers: Optional[int] = WorkersOpt,
     device: Device = DeviceOpt,
     quiet: bool = QuietOpt,
+    background: Optional[Path] = BackgroundOpt,
+    whiten: Optional[bool] = WhitenOpt,
+    score_norm: Optional[bool] = ScoreNormOpt,
+    whiten_dim: Optional[int] = WhitenDimOpt,
+    beta: Optional[float] = BetaOpt,
 ) -> None:
     """Embed the images of FOLDER into an index (only new or changed files; removed ones are dropped)."""
-    s = _run(api.index_folder, folder, index_dir, model or DEFAULT_MODEL, batch_size, workers, device.value, not quiet)
+    s = _run(api.index_folder, folder, index_dir, model or DEFAULT_MODEL, batch_size, workers, device.value, not quiet,
+             post=_post(background, whiten, score_norm, whiten_dim, beta))
     _print_index_summary(s)
 
 
@@ -98,16 +116,22 @@ def query(
     folder: Path = DirArg,
     index_dir: Optional[Path] = IndexOpt,
     output: Path = typer.Option(Path("copyscan-query"), "--output", "-o", help="Folder for matches.csv and report.html."),
-    threshold: float = typer.Option(api.DEFAULT_THRESHOLD, "--threshold", "-t", help="Keep matches scoring at least this (cosine); -1 keeps every top-k match."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Keep matches scoring at least this; -1 keeps every top-k match [default: 0.75, or the index's with post-processing].", show_default=False),
     top_k: int = typer.Option(api.DEFAULT_TOP_K, "--top-k", "-k", min=1, help="Matches per query at most."),
     model: Optional[str] = ModelOpt,
     batch_size: int = BatchOpt,
     workers: Optional[int] = WorkersOpt,
     device: Device = DeviceOpt,
     quiet: bool = QuietOpt,
+    background: Optional[Path] = BackgroundOpt,
+    whiten: Optional[bool] = WhitenOpt,
+    score_norm: Optional[bool] = ScoreNormOpt,
+    whiten_dim: Optional[int] = WhitenDimOpt,
+    beta: Optional[float] = BetaOpt,
 ) -> None:
     """Match every image of FOLDER against the index; writes OUTPUT/matches.csv and OUTPUT/report.html."""
-    s = _run(api.query_folder, folder, index_dir, output, threshold, top_k, model, batch_size, workers, device.value, not quiet)
+    s = _run(api.query_folder, folder, index_dir, output, threshold, top_k, model, batch_size, workers, device.value, not quiet,
+             post=_post(background, whiten, score_norm, whiten_dim, beta))
     out.print(f"[bold]{s.queries}[/] queries, [bold]{s.with_match}[/] with a match, {s.matches} matches in all ({s.seconds:.1f} s)")
     _print_skipped(s.skipped, None)
     out.print(f"matches: {_esc(s.csv_path)}")
@@ -119,16 +143,22 @@ def query(
 def dedupe(
     folder: Path = DirArg,
     output: Path = typer.Option(Path("copyscan-dedupe"), "--output", "-o", help="Folder for groups.csv, groups.json and report.html."),
-    threshold: float = typer.Option(api.DEFAULT_THRESHOLD, "--threshold", "-t", help="Two images are copies when their cosine similarity is at least this."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Two images are copies when their score is at least this [default: 0.75, or the index's with post-processing].", show_default=False),
     index_dir: Optional[Path] = IndexOpt,
     model: Optional[str] = ModelOpt,
     batch_size: int = BatchOpt,
     workers: Optional[int] = WorkersOpt,
     device: Device = DeviceOpt,
     quiet: bool = QuietOpt,
+    background: Optional[Path] = BackgroundOpt,
+    whiten: Optional[bool] = WhitenOpt,
+    score_norm: Optional[bool] = ScoreNormOpt,
+    whiten_dim: Optional[int] = WhitenDimOpt,
+    beta: Optional[float] = BetaOpt,
 ) -> None:
     """Find groups of copies inside FOLDER and choose the image to keep in each. Nothing is moved or deleted."""
-    s = _run(api.dedupe, folder, output, threshold, index_dir, model, batch_size, workers, device.value, not quiet)
+    s = _run(api.dedupe, folder, output, threshold, index_dir, model, batch_size, workers, device.value, not quiet,
+             post=_post(background, whiten, score_norm, whiten_dim, beta))
     _print_index_summary(s.index)
     out.print(
         f"[bold]{len(s.groups)}[/] groups of copies among {s.images} images: {s.copies} copies "
@@ -147,6 +177,110 @@ def models() -> None:
         name = f"{m.name} (default)" if m.name == DEFAULT_MODEL else m.name
         table.add_row(name, str(m.dim), str(m.input_size), m.license, m.requires, m.description)
     out.print(table)
+
+
+def _opt(default_note: str, *names: str, **kw):
+    """A training option whose default comes from the recipe, else from TrainConfig."""
+    return typer.Option(None, *names, help=f"{kw.pop('help')} [default: {default_note}]", show_default=False, **kw)
+
+
+@app.command()
+def train(
+    data_dir: Path = typer.Argument(..., help="Folder of training photos (no labels; searched recursively).", show_default=False),
+    teacher: Optional[str] = _opt("sscd_r50", "--teacher", help="Frozen teacher: sscd_r50, sscd_r50_int8, a model file, or none (SSCD-style training)."),
+    student: Optional[str] = _opt("efficientnet_lite0", "--student", help="timm backbone; efficientnet_lite0 starts from copyscan's ImageNet Lite0 weights."),
+    student_weights: Optional[str] = _opt("random, or ImageNet for lite0", "--student-weights", help="Local timm state dict to start another student from."),
+    dim: Optional[int] = _opt("128", "--dim", help="Descriptor size (64, 128, 256 ...)."),
+    output: Optional[Path] = _opt("copyscan-train", "--output", "-o", help="Run folder: model.safetensors, state.pt, metrics.jsonl."),
+    steps: Optional[int] = _opt("epochs x steps per epoch", "--steps", help="Optimizer steps in all."),
+    epochs: Optional[int] = _opt("1", "--epochs", help="Passes over DATA_DIR (when --steps is not given)."),
+    batch_size: Optional[int] = _opt("64", "--batch-size", "-b", help="Images per step and process."),
+    image_size: Optional[int] = _opt("224", "--image-size", help="Side of the square training views."),
+    lr: Optional[float] = _opt("0.05", "--lr", help="Peak learning rate (after warm-up; cosine decay to 0)."),
+    optimizer: Optional[str] = _opt("sgd", "--optimizer", help="sgd or adamw."),
+    warmup_steps: Optional[int] = _opt("5% of the steps", "--warmup-steps", help="Linear warm-up steps."),
+    device: Optional[Device] = _opt("auto", "--device", help="Where the student trains."),
+    workers: Optional[int] = _opt("CPU count, at most 8", "--workers", "-j", help="Data loading processes."),
+    seed: Optional[int] = _opt("0", "--seed", help="Seed of the data order, the views and the projector."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="TOML file of settings (see training/); options given here win."),
+    teacher_cache: Optional[Path] = _opt("none", "--teacher-cache", help="Folder from `copyscan cache-teacher`: read the teacher's embeddings instead of running it."),
+    queue_size: Optional[int] = _opt("65536", "--queue-size", help="MoCo queue of keys (capped below the number of images)."),
+    bank_size: Optional[int] = _opt("65536", "--bank-size", help="Relational-distillation bank."),
+    mixup: Optional[float] = _opt("0", "--mixup", help="Probability that a key view is mixed (mixup or cutmix) with another."),
+    rel: Optional[bool] = _opt("on with a teacher", "--rel/--no-rel", help="Relational distillation loss."),
+    con: Optional[bool] = _opt("on with a teacher", "--con/--no-con", help="MoCo contrastive loss."),
+    hn: Optional[bool] = _opt("on with a teacher", "--hn/--no-hn", help="Hard-negative loss."),
+    infonce: Optional[bool] = _opt("on without a teacher", "--infonce/--no-infonce", help="SSCD InfoNCE loss."),
+    koleo: Optional[bool] = _opt("on without a teacher", "--koleo/--no-koleo", help="KoLeo entropy loss."),
+    w_rel: Optional[float] = _opt("1", "--w-rel", help="Weight of the relational loss."),
+    w_con: Optional[float] = _opt("1", "--w-con", help="Weight of the MoCo loss."),
+    w_hn: Optional[float] = _opt("5", "--w-hn", help="Weight of the hard-negative loss."),
+    w_infonce: Optional[float] = _opt("1", "--w-infonce", help="Weight of InfoNCE."),
+    w_koleo: Optional[float] = _opt("30", "--w-koleo", help="Weight of KoLeo."),
+    checkpoint_every: Optional[int] = _opt("200", "--checkpoint-every", help="Steps between resumable checkpoints."),
+    amp: Optional[bool] = _opt("on (CUDA only)", "--amp/--no-amp", help="Mixed precision on CUDA."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Train a compact descriptor by RDCD distillation from a teacher (or SSCD-style with --teacher none).
+
+    The result, OUTPUT/model.safetensors, works as is with `copyscan index --model`. Under
+    torchrun (`torchrun --nproc-per-node N -m copyscan train ...`) each process trains on its
+    share of every batch (DDP).
+    """
+    from .train import build_config
+    from .train import train as run_training
+
+    def go():
+        config = build_config(
+            recipe, data_dir=str(data_dir), teacher=teacher, student=student, student_weights=student_weights, dim=dim,
+            output=str(output) if output else None, steps=steps, epochs=epochs, batch_size=batch_size,
+            image_size=image_size, lr=lr, optimizer=optimizer, warmup_steps=warmup_steps,
+            device=device.value if device else None, workers=workers, seed=seed, resume=resume or None,
+            teacher_cache=str(teacher_cache) if teacher_cache else None, queue_size=queue_size, bank_size=bank_size,
+            mixup=mixup, use_rel=rel, use_con=con, use_hn=hn, use_infonce=infonce, use_koleo=koleo, w_rel=w_rel,
+            w_con=w_con, w_hn=w_hn, w_infonce=w_infonce, w_koleo=w_koleo, checkpoint_every=checkpoint_every,
+            amp=amp, progress=False if quiet else None,
+        )
+        return run_training(config)
+
+    s = _run(go)
+    if os.environ.get("RANK", "0") != "0":
+        return
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in s.last.items() if k in ("loss", "rel", "con", "hn", "infonce", "koleo"))
+    out.print(f"trained steps {s.start_step}-{s.steps} of {s.total_steps} in {s.seconds:.1f} s ({s.rate:.1f} images/s); last: {losses}")
+    out.print(f"model: {_esc(s.model_path)}  (use: copyscan index DIR --model {_esc(s.model_path)})")
+
+
+@app.command("cache-teacher")
+def cache_teacher_cmd(
+    data_dir: Path = typer.Argument(..., help="The training photos (the same folder `train` will use).", show_default=False),
+    teacher: str = typer.Option("sscd_r50", "--teacher", help="sscd_r50, sscd_r50_int8 or a model file."),
+    output: Path = typer.Option(..., "--output", "-o", help="Cache folder, for `train --teacher-cache`."),
+    views: int = typer.Option(1, "--views", "--epochs", min=1, help="Query views per image (one per epoch; later epochs reuse them)."),
+    image_size: int = typer.Option(224, "--image-size", help="Must equal train's --image-size."),
+    seed: int = typer.Option(0, "--seed", help="Must equal train's --seed."),
+    batch_size: int = BatchOpt,
+    workers: Optional[int] = WorkersOpt,
+    device: Device = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Compute the teacher's embeddings of the training views ahead, so a slow teacher never holds training up.
+
+    Interrupted, the same command continues where it stopped.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .train import cache_teacher
+
+    progress = Progress(TextColumn("[bold]teacher[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=err, disable=quiet)
+    with progress:
+        task = progress.add_task("cache", total=None)
+        s = _run(cache_teacher, str(data_dir), teacher, str(output), views, image_size, seed, batch_size, workers,
+                 device.value, lambda done, total: progress.update(task, completed=done, total=total))
+    out.print(f"teacher cache {_esc(s.folder)}: {s.teacher}, {s.images} images x {s.views} views; "
+              f"{s.computed} embedded in {s.seconds:.1f} s ({s.rate:.1f} images/s)")
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: speed of each stage, synthetic copy-detection sets.")
@@ -298,6 +432,70 @@ def calibrate(
         if p.threshold is None:
             out.print(f"[yellow]no threshold reaches precision {p.target_precision:g} on this sample[/]")
     out.print(f"report: {_esc(files['html'])}")
+
+
+@app.command("eval")
+def eval_cmd(
+    bench_dir: Optional[Path] = typer.Argument(None, metavar="[BENCH_DIR]", help="Benchmark folder (from `copyscan bench synth`) to index, query and score.", show_default=False),
+    gt: Optional[Path] = typer.Option(None, "--gt", help="Ground truth CSV: query_id,reference_id (empty reference_id: no copy).", show_default=False),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Predictions CSV: query_id,reference_id,score.", show_default=False),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for matches.csv, predictions.csv, metrics.json [default: BENCH_DIR-eval beside it].", show_default=False),
+    index_dir: Optional[Path] = typer.Option(None, "--index-dir", "--index", help="Index of the references [default: OUTPUT/index]; reused (incrementally) across runs.", show_default=False),
+    top_k: int = typer.Option(10, "--top-k", "-k", min=1, help="Predictions per query."),
+    model: Optional[str] = ModelOpt,
+    background: Optional[Path] = BackgroundOpt,
+    whiten: Optional[bool] = WhitenOpt,
+    score_norm: Optional[bool] = ScoreNormOpt,
+    whiten_dim: Optional[int] = WhitenDimOpt,
+    beta: Optional[float] = BetaOpt,
+    batch_size: int = BatchOpt,
+    workers: Optional[int] = WorkersOpt,
+    device: Device = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """DISC2021 metrics (micro AP, recall at 90% precision, accuracy at rank 1) of predictions, or of a benchmark run.
+
+    Either --gt GT.csv --predictions PRED.csv, or BENCH_DIR: its references are indexed, its
+    queries searched (top-k, any score) and scored, with a table per kind of edit.
+    """
+    import json
+
+    from .evaluate import evaluate_bench
+    from .metrics import evaluate, load_ground_truth, load_predictions
+
+    given_files = gt is not None or predictions is not None
+    if (bench_dir is not None and given_files) or (bench_dir is None and (gt is None or predictions is None)):
+        err.print("[red]error:[/] give either BENCH_DIR, or both --gt GT.csv and --predictions PRED.csv")
+        raise typer.Exit(1)
+    if bench_dir is None:
+        metrics = _run(lambda: evaluate(load_ground_truth(gt), load_predictions(predictions)))
+        doc, per_edit, bench_run = metrics.to_dict(), [], None
+    else:
+        result = _run(evaluate_bench, bench_dir, output, model, index_dir, top_k,
+                      _post(background, whiten, score_norm, whiten_dim, beta), batch_size, workers, device.value,
+                      not (quiet or json_out))
+        metrics, doc, per_edit, bench_run = result.metrics, result.to_dict(), result.per_edit, result
+    if json_out:
+        print(json.dumps(doc))
+        return
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    if bench_run is not None:
+        post = bench_run.postprocess.get("pipeline", "none")
+        out.print(f"{_esc(bench_run.model)} on {_esc(bench_run.bench)} (post-processing: {post}); "
+                  f"{bench_run.queries_skipped} queries and {bench_run.references_skipped} references skipped")
+    out.print(f"micro AP       {fmt(metrics.micro_ap)}")
+    out.print(f"recall @ P90   {fmt(metrics.recall_at_p90)}  (threshold {fmt(metrics.threshold_at_p90)})")
+    out.print(f"accuracy @ 1   {fmt(metrics.acc_at_1)}")
+    out.print(f"{metrics.n_queries} queries, {metrics.n_positive_pairs} copy pairs, {metrics.n_predictions} predictions"
+              + (f" ({metrics.n_unknown_query_predictions} for queries not in the ground truth)" if metrics.n_unknown_query_predictions else ""))
+    if per_edit:
+        table = Table("edit", "copies", "recall @ P90 threshold", "accuracy @ 1")
+        for row in per_edit:
+            table.add_row(_esc(row.edit), str(row.copies), fmt(row.recall_at_p90), fmt(row.acc_at_1))
+        out.print(table)
+    if bench_run is not None:
+        out.print(f"predictions: {_esc(bench_run.predictions_path)}\nmetrics:     {_esc(bench_run.metrics_path)}")
 
 
 def _print_index_summary(s: api.IndexSummary | None) -> None:

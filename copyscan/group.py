@@ -15,13 +15,14 @@ The rule, which stops unrelated images merging through a chain of pairs (A~B, B~
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
 from .results import MATCH_IDENTICAL_FILE, MATCH_IDENTICAL_PIXELS, MATCH_NEAR, Group, Member
 
 
-@dataclass
+@dataclass(slots=True)  # no per-instance __dict__: dedupe holds one Item per image
 class Item:
     path: str
     width: int
@@ -50,82 +51,166 @@ def keep_reason(keep: Item, others: list[Item]) -> str:
     return "same resolution and file size, shortest path"
 
 
-class _UnionFind:
-    def __init__(self, n: int):
-        self.parent = np.arange(n)
+@dataclass(eq=False)
+class Pairs:
+    """Scored pairs of item indices as three flat arrays: `first[k] < second[k]` scored `score[k]`.
 
-    def find(self, i: int) -> int:
-        root = i
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[i] != root:
-            self.parent[i], i = root, self.parent[i]
-        return int(root)
+    Millions of pairs cost 20 bytes each here, against ~150 for a Python tuple of three numbers.
+    Iterating yields `(i, j, score)` tuples, so it reads like the list it replaces.
+    """
 
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+    first: np.ndarray  # int64
+    second: np.ndarray  # int64
+    score: np.ndarray  # float32 from a search, float64 from a Python list
+
+    @classmethod
+    def empty(cls) -> Pairs:
+        return cls(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
+
+    @classmethod
+    def of(cls, pairs: Pairs | Iterable[tuple[int, int, float]]) -> Pairs:
+        if isinstance(pairs, Pairs):
+            return pairs
+        rows = list(pairs)
+        if not rows:
+            return cls.empty()
+        i, j, s = zip(*rows)
+        i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
+        return cls(np.minimum(i, j), np.maximum(i, j), np.asarray(s, np.float64))
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def __iter__(self) -> Iterator[tuple[int, int, float]]:
+        return zip(self.first.tolist(), self.second.tolist(), self.score.tolist())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, (Pairs, list, tuple)):
+            return NotImplemented
+        return list(self) == list(other)
+
+    def best_per_pair(self, n: int) -> Pairs:
+        """One row per (first, second), the highest score kept, sorted by (first, second).
+
+        `n` bounds the indices (the key is first * n + second).
+        """
+        if len(self) == 0:
+            return self
+        key = self.first * np.int64(max(n, 1)) + self.second
+        order = np.lexsort((-self.score, key))  # by key, best score first within a key
+        key = key[order]
+        first_of_key = np.ones(len(key), dtype=bool)
+        first_of_key[1:] = key[1:] != key[:-1]
+        take = order[first_of_key]
+        return Pairs(self.first[take], self.second[take], self.score[take])
 
 
-def exact_clusters(items: list[Item]) -> list[list[int]]:
-    uf = _UnionFind(len(items))
+def exact_cluster_labels(items: list[Item]) -> np.ndarray:
+    """Cluster number (0, 1, ...) of each item: items with equal content or pixel hash share one.
+
+    Union-find in numpy: only items whose hash was seen before cost a Python step.
+    """
+    parent = np.arange(len(items), dtype=np.int64)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]  # path halving
+            i = int(parent[i])
+        return i
+
     for attr in ("content_hash", "pixel_hash"):
         first: dict[str, int] = {}
         for i, it in enumerate(items):
             h = getattr(it, attr)
-            if h:
-                if h in first:
-                    uf.union(first[h], i)
-                else:
-                    first[h] = i
-    clusters: dict[int, list[int]] = {}
-    for i in range(len(items)):
-        clusters.setdefault(uf.find(i), []).append(i)
-    return list(clusters.values())
+            if not h:
+                continue
+            seen = first.setdefault(h, i)
+            if seen != i:
+                a, b = root(seen), root(i)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    # Pointer jumping until every item points at its root.
+    while True:
+        grand = parent[parent]
+        if np.array_equal(grand, parent):
+            break
+        parent = grand
+    return np.unique(parent, return_inverse=True)[1].astype(np.int64)
 
 
-def build_groups(items: list[Item], pairs: list[tuple[int, int, float]], threshold: float) -> list[Group]:
-    """Groups of copies from items and scored pairs (i, j, cosine); singletons are not groups."""
-    clusters = exact_clusters(items)
-    # Each cluster is represented by its best image; exact members sort behind it.
-    for c in clusters:
-        c.sort(key=lambda i: quality_key(items[i]))
-    rep_of = np.empty(len(items), dtype=np.int64)
-    for ci, c in enumerate(clusters):
-        rep_of[c] = ci
-    # Best score between two clusters over all member pairs.
-    neighbours: list[dict[int, float]] = [dict() for _ in clusters]
-    for i, j, s in pairs:
-        a, b = int(rep_of[i]), int(rep_of[j])
-        if a == b or s < threshold:
-            continue
-        if s > neighbours[a].get(b, -2.0):
-            neighbours[a][b] = s
-            neighbours[b][a] = s
-    order = sorted(range(len(clusters)), key=lambda ci: quality_key(items[clusters[ci][0]]))
-    assigned = np.zeros(len(clusters), dtype=bool)
+def build_groups(items: list[Item], pairs: Pairs | Iterable[tuple[int, int, float]], threshold: float) -> list[Group]:
+    """Groups of copies from items and scored pairs (i, j, cosine); singletons are not groups.
+
+    Pairs may be a `Pairs` (what `find_pairs` returns) or any iterable of (i, j, score). Work and
+    memory grow with the number of pairs and of items in some group, not with N x N; the pairs
+    stay in numpy arrays throughout.
+    """
+    labels = exact_cluster_labels(items)
+    n_clusters = int(labels.max()) + 1 if len(labels) else 0
+    links = _cluster_links(Pairs.of(pairs), labels, threshold, n_clusters)
+    members = _members_of_involved_clusters(items, labels, links, n_clusters)
+    # Adjacency of clusters in CSR form: the neighbours of c are dst[ptr[c]:ptr[c + 1]].
+    src = np.concatenate([links.first, links.second])
+    order = np.argsort(src, kind="stable")
+    dst = np.concatenate([links.second, links.first])[order]
+    dst_score = np.concatenate([links.score, links.score])[order]
+    ptr = np.searchsorted(src[order], np.arange(n_clusters + 1))
+
+    def best(c: int) -> Item:
+        return items[members[c][0]]
+
+    ranking = sorted(members, key=lambda c: quality_key(best(c)))
+    assigned = np.zeros(n_clusters, dtype=bool)
     groups: list[Group] = []
-    for ci in order:
+    for ci in ranking:
         if assigned[ci]:
             continue
         assigned[ci] = True
+        near, near_score = dst[ptr[ci]:ptr[ci + 1]], dst_score[ptr[ci]:ptr[ci + 1]]
+        free = ~assigned[near]
         takes = sorted(
-            ((cj, s) for cj, s in neighbours[ci].items() if not assigned[cj]),
-            key=lambda t: (-t[1], quality_key(items[clusters[t[0]][0]])),
+            zip(near[free].tolist(), near_score[free].tolist()),
+            key=lambda t: (-t[1], quality_key(best(t[0]))),
         )
-        for cj, _ in takes:
-            assigned[cj] = True
-        if len(clusters[ci]) == 1 and not takes:
+        assigned[near[free]] = True
+        if len(members[ci]) == 1 and not takes:
             continue
-        groups.append(_make_group(items, clusters, ci, takes))
+        groups.append(_make_group(items, members, ci, takes))
     groups.sort(key=lambda g: (-len(g.members), g.keep.path))
     for gid, g in enumerate(groups, start=1):
         g.group_id = gid
     return groups
 
 
-def _make_group(items: list[Item], clusters: list[list[int]], ci: int, takes: list[tuple[int, float]]) -> Group:
+def _cluster_links(pairs: Pairs, labels: np.ndarray, threshold: float, n_clusters: int) -> Pairs:
+    """Best score between two different clusters over all their member pairs at the threshold."""
+    ok = pairs.score >= threshold
+    a, b = labels[pairs.first[ok]], labels[pairs.second[ok]]
+    other = a != b
+    a, b, score = a[other], b[other], pairs.score[ok][other]
+    return Pairs(np.minimum(a, b), np.maximum(a, b), score).best_per_pair(n_clusters)
+
+
+def _members_of_involved_clusters(items: list[Item], labels: np.ndarray, links: Pairs, n_clusters: int) -> dict[int, list[int]]:
+    """Cluster -> its items, best first, for the clusters that can be in a group.
+
+    A cluster of one image with no link can never be in a group: leaving it out keeps the
+    Python-level work proportional to the images that have copies.
+    """
+    sizes = np.bincount(labels, minlength=n_clusters)
+    involved = sizes > 1
+    involved[links.first] = True
+    involved[links.second] = True
+    by_cluster = np.argsort(labels, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    members: dict[int, list[int]] = {}
+    for c in np.nonzero(involved)[0].tolist():
+        cluster = by_cluster[starts[c]:starts[c + 1]].tolist()
+        members[c] = cluster if len(cluster) == 1 else sorted(cluster, key=lambda i: quality_key(items[i]))
+    return members
+
+
+def _make_group(items: list[Item], clusters: Mapping[int, list[int]], ci: int, takes: list[tuple[int, float]]) -> Group:
     keep_i = clusters[ci][0]
     keep = items[keep_i]
     members = [Member(keep.path, "keep", 1.0, keep.width, keep.height, keep.bytes, "keep")]

@@ -135,6 +135,18 @@ class IndexStore:
             raise IndexError_(
                 f"another copyscan process is writing to {self.folder}; wait for it to finish and run this again"
             ) from None
+        self._remove_leftover_temp_files()
+
+    def _remove_leftover_temp_files(self) -> None:
+        # Holding the lock, any temporary file here belongs to a writer that was killed mid-write
+        # (atomic_write_bytes's ".NAME.XXXX.tmp", the FAISS "index.faiss.tmp"): never read, so
+        # harmless, but they would pile up over many interrupted runs.
+        for folder in (self.folder, self.shard_dir):
+            if not folder.is_dir():
+                continue
+            for leftover in folder.iterdir():
+                if leftover.name.endswith(".tmp") and (leftover.name.startswith(".") or leftover == Path(str(self.faiss_path) + ".tmp")):
+                    leftover.unlink(missing_ok=True)
 
     def unlock(self) -> None:
         if self._lock is not None:
@@ -301,8 +313,20 @@ class IndexStore:
             "roots": sorted(set(roots) | set(old.get("roots", []))),
             "faiss": faiss_meta,
         }
+        if old.get("postprocess"):  # set by set_manifest_entry; kept until switched off there
+            manifest["postprocess"] = old["postprocess"]
         atomic_write_bytes(self.manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
         return manifest
+
+    def set_manifest_entry(self, key: str, value: Any) -> None:
+        """Set (or, with None, remove) one top-level entry of an existing manifest."""
+        manifest = self.read_manifest()
+        if value is None:
+            manifest.pop(key, None)
+        else:
+            manifest[key] = value
+        manifest["updated"] = _now()
+        atomic_write_bytes(self.manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
 
 
 class _StringSink:

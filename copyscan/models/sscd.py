@@ -70,6 +70,9 @@ class OnnxDescriptor(DescriptorModel):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        # Idle inference threads sleep instead of spinning: the decode workers need those cores
+        # while the model waits for the next batch (COPYSCAN_ORT_SPIN=1 restores spinning).
+        options.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("COPYSCAN_ORT_SPIN", "0"))
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types

@@ -1,0 +1,98 @@
+"""The student: a timm trunk, GeM, a linear projector to `dim`, L2 norm (a DescriptorNet), and
+its momentum twin for MoCo.
+
+`efficientnet_lite0` is timm's `tf_efficientnet_lite0` holding our ImageNet Lite0 weights (the
+trunk of the default `lite0_gem` model). Any other timm name starts from random weights, or from
+`--student-weights FILE` (a timm state dict, .pth/.pt or .safetensors; its classifier is dropped).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..models.base import DescriptorNet, ModelUnavailable
+from ..models.checkpoint import make_config
+
+LITE0_ALIASES = ("efficientnet_lite0", "lite0", "tf_efficientnet_lite0")
+
+
+def build_student(name: str, dim: int, image_size: int, gem_p: float = 3.0,
+                  weights: str | None = None) -> tuple[DescriptorNet, dict[str, Any]]:
+    """The student net and the copyscan checkpoint config that describes it."""
+    import timm
+
+    if name in LITE0_ALIASES and weights is None:
+        from ..models import lite0
+
+        trunk = lite0.trunk()
+        arch, mean, std, origin = lite0.ARCH, lite0.MEAN, lite0.STD, "ImageNet EfficientNet-Lite0"
+    else:
+        arch = "tf_efficientnet_lite0" if name in LITE0_ALIASES else name
+        try:
+            trunk = timm.create_model(arch, pretrained=False, num_classes=0, global_pool="")
+        except RuntimeError as exc:  # timm: "Unknown model (...)"
+            raise ModelUnavailable(f"--student {name}: {exc}; see timm.list_models()") from None
+        if weights:
+            _load_trunk_weights(trunk, weights)
+        cfg = trunk.pretrained_cfg or {}
+        mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+        std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+        origin = os.path.basename(weights) if weights else "random"
+    feature_dim = int(trunk.num_features)
+    net = DescriptorNet(trunk, feature_dim, dim, gem_p)
+    config = make_config(f"{name}_{dim}", arch, feature_dim, dim, image_size, mean, std, gem_p, init=origin)
+    return net, config
+
+
+def _load_trunk_weights(trunk: nn.Module, path: str) -> None:
+    if not os.path.isfile(path):
+        raise ModelUnavailable(f"--student-weights {path}: no such file")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+    except Exception as exc:  # torch and safetensors raise many types for a bad file
+        raise ModelUnavailable(f"--student-weights {path} is not a readable state dict: {str(exc).splitlines()[0]}") from None
+    own = trunk.state_dict()
+    kept = {k: v for k, v in state.items() if k in own}  # the classifier of a full model is not in the trunk
+    missing = [k for k in own if k not in kept]
+    bad = [k for k, v in kept.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if missing or bad:
+        raise ModelUnavailable(
+            f"--student-weights {path} does not fit this trunk ({len(missing)} tensors missing, {len(bad)} of another shape)"
+        )
+    trunk.load_state_dict(kept)
+
+
+def momentum_twin(net: nn.Module) -> nn.Module:
+    """A copy with no gradients, moved only by `momentum_update`.
+
+    It runs in train mode, as in MoCo: batch-norm normalises each key batch with its own
+    statistics. (In eval mode a from-scratch student's running statistics lag so far behind that
+    every key came out the same and training collapsed.) Other keys of the same batch are
+    negatives too (see losses.py), so batch statistics shared by a query's positive and its
+    negatives give the query nothing to exploit.
+    """
+    twin = copy.deepcopy(net).train()
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    return twin
+
+
+@torch.no_grad()
+def momentum_update(twin: nn.Module, net: nn.Module, m: float) -> None:
+    for pt, p in zip(twin.parameters(), net.parameters()):
+        pt.mul_(m).add_(p.detach(), alpha=1.0 - m)
+    # Batch-norm running statistics are copied, not averaged: they already are running means,
+    # and a lagging copy would feed the eval-mode twin statistics of a network long gone.
+    for bt, b in zip(twin.buffers(), net.buffers()):
+        bt.copy_(b)
