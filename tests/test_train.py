@@ -139,6 +139,45 @@ def test_resume_continues_exactly(photos, tiny_model_path, tmp_path):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (a["step"], key)
 
 
+def test_pca_projector_init_keeps_the_trunk_geometry(photos):
+    """With the principal axes as projector, the untrained student's embedding reproduces the
+    centred feature's cosines (all 32 photos fit in 32 axes); a random projector does not."""
+    import torch.nn.functional as F
+
+    from copyscan.train.student import build_student, pca_init_projector
+
+    torch.manual_seed(0)
+    net, cfg = build_student("test_efficientnet", 32, 64)
+    paths = list_images(str(photos))
+    from copyscan.decode import decode_file
+
+    pixels = torch.from_numpy(np.stack([decode_file(str(photos / p), 64).pixels for p in paths]))
+    m = torch.tensor(cfg["mean"]).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(cfg["std"]).view(1, 3, 1, 1) * 255.0
+    x = (pixels.permute(0, 3, 1, 2).float() - m) / s
+    net.eval()
+    with torch.no_grad():
+        f = net.features(x).double()  # what the projector sees
+        centred = F.normalize(f - f.mean(0), dim=1)
+        target = centred @ centred.T
+        before = (net(x).double() @ net(x).double().T - target).abs().max().item()
+    info = pca_init_projector(net, [pixels[:20], pixels[20:]], cfg["mean"], cfg["std"], torch.device("cpu"))
+    with torch.no_grad():
+        z = net(x)
+        after = (z.double() @ z.double().T - target).abs().max().item()
+    assert info["images"] == 32 and info["variance_kept"] == pytest.approx(1.0, abs=1e-5)
+    assert after < 1e-3 < before
+
+
+def test_train_records_pca_init(photos, tiny_model_path, tmp_path):
+    kw = dict(TINY, data_dir=str(photos), teacher=str(tiny_model_path), steps=1, projector_init="pca", pca_images=12)
+    s = train(build_config(output=str(tmp_path / "r"), **kw))
+    config = json.loads((tmp_path / "r" / "model.json").read_text())
+    assert config["training"]["projector_init"]["images"] == 12 and math.isfinite(s.last["loss"])
+    with pytest.raises(ConfigError, match="projector-init"):
+        build_config(**dict(kw, projector_init="zeros"))
+
+
 def test_teacher_none_trains_sscd_style(photos, tmp_path):
     s = train(build_config(**dict(TINY, data_dir=str(photos), teacher="none", steps=2, output=str(tmp_path / "r"))))
     assert s.steps == 2 and {"infonce", "koleo"} <= set(s.last) and "rel" not in s.last

@@ -36,6 +36,8 @@ class TrainConfig:
     student_weights: str | None = None  # a local timm state dict for other students
     dim: int = 128
     gem_p: float = 3.0
+    projector_init: str = "random"  # random | pca (principal axes of the trunk's features)
+    pca_images: int = 1024  # images the PCA init looks at (spread over DATA_DIR)
     image_size: int = 224
     steps: int | None = None  # total optimizer steps; default: epochs x steps per epoch
     epochs: int = 1
@@ -97,6 +99,10 @@ class TrainConfig:
             raise ConfigError(f"--steps must be at least 1, got {self.steps}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.projector_init not in ("random", "pca"):
+            raise ConfigError(f"--projector-init must be random or pca, got {self.projector_init!r}")
+        if self.pca_images < 2:
+            raise ConfigError(f"--pca-images must be at least 2, got {self.pca_images}")
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"--optimizer must be sgd or adamw, got {self.optimizer!r}")
         if not 0.0 <= self.mixup <= 1.0:

@@ -32,7 +32,7 @@ from .config import TrainConfig, check_resumable, save_config
 from .data import SampleOrder, StepBatches, ViewPairs, collate, list_images, mix_keys
 from .losses import EmbeddingQueue, hard_negative, info_nce, koleo, moco_contrast, relational_kl
 from .monitor import MetricsLog, ProgressDisplay
-from .student import build_student, momentum_twin, momentum_update
+from .student import build_student, momentum_twin, momentum_update, pca_init_projector
 from .teacher import TeacherCache, embed_views, load_teacher, teacher_label
 
 
@@ -142,7 +142,10 @@ class _Run:
                                                     config.student_weights)
         self.model_config["training"] = {"teacher": config.teacher, "losses": self.losses, "data": os.path.basename(
             os.path.abspath(config.data_dir))}
-        self.net.to(self.device).train()  # the ImageNet trunk comes in eval mode
+        self.net.to(self.device)
+        if config.projector_init == "pca" and not config.resume:
+            self.model_config["training"]["projector_init"] = self._pca_init()
+        self.net.train()  # the ImageNet trunk comes in eval mode
         if self.device.type == "cuda":
             self.net = self.net.to(memory_format=torch.channels_last)
         self.normalise = Normalise(self.model_config["mean"], self.model_config["std"], self.device)
@@ -178,6 +181,30 @@ class _Run:
             # With the relational loss alone the projector gets no gradient; DDP must know.
             unused = not ({"con", "hn", "infonce", "koleo"} & set(self.losses))
             self.forward = nn.parallel.DistributedDataParallel(self.forward, device_ids=ids, find_unused_parameters=unused)
+
+    def _pca_init(self) -> dict[str, Any]:
+        """Projector = principal axes of the trunk's features of up to `pca_images` plain photos
+        spread over DATA_DIR (every process computes the same; DDP also broadcasts rank 0's)."""
+        from ..decode import DecodeError, decode_file
+
+        n = len(self.paths)
+        picks = np.unique(np.linspace(0, n - 1, min(n, self.c.pca_images)).round().astype(int))
+
+        def batches():
+            chunk = []
+            for i in picks:
+                try:
+                    chunk.append(decode_file(os.path.join(self.c.data_dir, self.paths[i]), self.c.image_size).pixels)
+                except DecodeError:
+                    continue  # a broken photo is simply not looked at
+                if len(chunk) == 64:
+                    yield torch.from_numpy(np.stack(chunk))
+                    chunk = []
+            if chunk:
+                yield torch.from_numpy(np.stack(chunk))
+
+        info = pca_init_projector(self.net, batches(), self.model_config["mean"], self.model_config["std"], self.device)
+        return {"method": "pca", **info}
 
     def queue_size(self) -> int:
         """The MoCo queue, capped so that it never holds an earlier key of a query's own image

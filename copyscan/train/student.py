@@ -73,6 +73,45 @@ def _load_trunk_weights(trunk: nn.Module, path: str) -> None:
     trunk.load_state_dict(kept)
 
 
+@torch.no_grad()
+def pca_init_projector(net: DescriptorNet, batches, mean, std, device: torch.device) -> dict[str, float]:
+    """Set the projector to the top `dim` principal axes of the trunk's GeM features.
+
+    A random projector throws away most of what the ImageNet trunk already knows: the start of
+    training is then far worse than the trunk itself. With the principal axes (centred, not
+    whitened) the untrained student's cosine is close to that of the full feature, and a short
+    run (a CPU budget) starts from there instead of from noise. `batches` yields uint8 NHWC
+    tensors of plain (unaugmented) images.
+    """
+    was_training = net.training
+    net.eval()
+    m = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
+    feats = []
+    for x in batches:
+        x = (x.to(device).permute(0, 3, 1, 2).float() - m) / s
+        feats.append(net.features(x).float().cpu())  # the projector's input: raw GeM output
+    net.train(was_training)
+    f = torch.cat(feats).double()
+    dim = net.projector.out_features
+    if f.shape[0] < 2 or f.shape[1] < dim:
+        raise ModelUnavailable(f"PCA projector init needs at least 2 images and a feature of at least {dim} dims")
+    centre = f.mean(0)
+    # Fewer images than dims: the spare axes come out as zero rows; fill them with small noise
+    # so every output dimension still gets a gradient.
+    _, sv, vt = torch.linalg.svd(f - centre, full_matrices=False)
+    axes = torch.zeros(dim, f.shape[1], dtype=torch.float64)
+    k = min(dim, vt.shape[0])
+    axes[:k] = vt[:k]
+    if k < dim:
+        axes[k:] = torch.randn(dim - k, f.shape[1], dtype=torch.float64) * 1e-3
+    net.projector.weight.copy_(axes.float())
+    net.projector.bias.copy_((-axes @ centre).float())
+    variance = sv.pow(2)
+    kept = float(variance[:k].sum() / variance.sum()) if variance.sum() > 0 else 1.0
+    return {"images": int(f.shape[0]), "variance_kept": kept}
+
+
 def momentum_twin(net: nn.Module) -> nn.Module:
     """A copy with no gradients, moved only by `momentum_update`.
 

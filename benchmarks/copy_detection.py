@@ -1,0 +1,89 @@
+"""The BENCHMARKS.md copy-detection table: micro AP, recall@P90 and images/s per model, with and
+without post-processing (PCA whitening + score normalisation fitted on a background folder).
+
+    copyscan bench synth ../shared/data/imagenet-sample /tmp/disc-mini \\
+        --references 1000 --distractor-source ../shared/data/imagenette-val --seed 0
+    python benchmarks/copy_detection.py /tmp/disc-mini ../shared/data/imagenette-train \\
+        [--models phash,pdq,lite0_gem,sscd_r50_int8] [--background-count 1000] [--work /tmp/cd-work]
+
+Each model is scored by `copyscan eval` (copyscan.evaluate.evaluate_bench: top-10 per query,
+DISC2021 micro AP, ties pessimistic). "plain" indexes the references into a fresh index and
+queries; images/s is (references + queries) / wall time of that run, decoding included, on this
+machine's CPU. "whiten + norm" then fits the post-processing on the background (embedded once,
+not counted in images/s) in the same index and queries again. The background is
+--background-count photos spread evenly over its folder's sorted files, linked into WORK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from copyscan.background import PostOptions  # noqa: E402
+from copyscan.discover import discover  # noqa: E402
+from copyscan.evaluate import evaluate_bench  # noqa: E402
+
+
+def background_folder(source: Path, count: int, work: Path) -> Path:
+    entries, _ = discover(source)
+    files = sorted(e.path for e in entries)
+    step = max(1, len(files) // count)
+    chosen = files[::step][:count]
+    folder = work / f"background-{count}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for i, path in enumerate(chosen):
+        os.symlink(path, folder / f"{i:06d}{Path(path).suffix.lower()}")
+    return folder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bench", type=Path)
+    ap.add_argument("background", type=Path)
+    ap.add_argument("--models", default="phash,pdq,lite0_gem,sscd_r50_int8")
+    ap.add_argument("--background-count", type=int, default=1000)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/copyscan-copy-detection"))
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    bg = background_folder(args.background, args.background_count, args.work)
+    n_refs = len(discover(args.bench / "references")[0])
+    n_queries = len(discover(args.bench / "queries")[0])
+    rows = []
+    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+        index_dir = args.work / model / "index"
+        if index_dir.exists():
+            shutil.rmtree(index_dir)
+        t0 = time.perf_counter()
+        plain = evaluate_bench(args.bench, args.work / model / "plain", model, index_dir)
+        seconds = time.perf_counter() - t0
+        rate = (n_refs + n_queries) / seconds
+        post = evaluate_bench(args.bench, args.work / model / "post", model, index_dir,
+                              post=PostOptions(background=str(bg)))
+        for label, ev in (("plain", plain), ("whiten + norm", post)):
+            m = ev.metrics
+            row = {"model": model, "post": label, "micro_ap": m.micro_ap, "recall_at_p90": m.recall_at_p90,
+                   "threshold_at_p90": m.threshold_at_p90, "acc_at_1": m.acc_at_1,
+                   "images_per_s": rate if label == "plain" else None,
+                   "post_dim": (ev.postprocess or {}).get("dim")}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print()
+    print(f"| model | post-processing | micro AP | recall@P90 | threshold@P90 | acc@1 | images/s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        fmt = lambda v, d=3: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+        print(f"| {r['model']} | {r['post']} | {fmt(r['micro_ap'])} | {fmt(r['recall_at_p90'])} | "
+              f"{fmt(r['threshold_at_p90'])} | {fmt(r['acc_at_1'])} | {fmt(r['images_per_s'], 1)} |")
+
+
+if __name__ == "__main__":
+    main()
