@@ -45,12 +45,26 @@ def background_folder(source: Path, count: int, work: Path) -> Path:
     return folder
 
 
+def at_threshold(bench: Path, predictions_csv: str, threshold: float) -> tuple[float | None, float]:
+    """Precision and recall of the predicted (query, reference) pairs scoring >= threshold: what
+    `query --threshold` would report on this benchmark (None: nothing reaches it)."""
+    import csv
+
+    with open(bench / "gt.csv", newline="", encoding="utf-8") as fh:
+        truth = {(r["query_id"], r["reference_id"]) for r in csv.DictReader(fh) if r["reference_id"]}
+    with open(predictions_csv, newline="", encoding="utf-8") as fh:
+        kept = {(r["query_id"], r["reference_id"]) for r in csv.DictReader(fh) if float(r["score"]) >= threshold}
+    hits = len(kept & truth)
+    return (hits / len(kept) if kept else None), hits / len(truth)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bench", type=Path)
     ap.add_argument("background", type=Path)
     ap.add_argument("--models", default="phash,pdq,lite0_gem,sscd_r50_int8")
     ap.add_argument("--background-count", type=int, default=1000)
+    ap.add_argument("--threshold", type=float, default=0.75, help="Also report precision/recall at this score (plain).")
     ap.add_argument("--work", type=Path, default=Path("/tmp/copyscan-copy-detection"))
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -74,15 +88,19 @@ def main() -> None:
                    "threshold_at_p90": m.threshold_at_p90, "acc_at_1": m.acc_at_1,
                    "images_per_s": rate if label == "plain" else None,
                    "post_dim": (ev.postprocess or {}).get("dim")}
+            if label == "plain":
+                row["precision_at_t"], row["recall_at_t"] = at_threshold(args.bench, ev.predictions_path, args.threshold)
             rows.append(row)
             print(json.dumps(row), flush=True)
     print()
-    print(f"| model | post-processing | micro AP | recall@P90 | threshold@P90 | acc@1 | images/s |")
-    print("|---|---|---|---|---|---|---|")
+    t = args.threshold
+    print(f"| model | post-processing | micro AP | recall@P90 | threshold@P90 | acc@1 | P@{t} | R@{t} | images/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         fmt = lambda v, d=3: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
         print(f"| {r['model']} | {r['post']} | {fmt(r['micro_ap'])} | {fmt(r['recall_at_p90'])} | "
-              f"{fmt(r['threshold_at_p90'])} | {fmt(r['acc_at_1'])} | {fmt(r['images_per_s'], 1)} |")
+              f"{fmt(r['threshold_at_p90'])} | {fmt(r['acc_at_1'])} | {fmt(r.get('precision_at_t'))} | "
+              f"{fmt(r.get('recall_at_t'))} | {fmt(r['images_per_s'], 1)} |")
 
 
 if __name__ == "__main__":

@@ -391,3 +391,30 @@ def test_lite0_imagenet_top1():
     finally:
         torch.set_num_threads(threads)
     assert acc >= 0.85
+
+
+def test_shipped_weights_register_by_file_name(tiny_model_path, tmp_path, monkeypatch):
+    """training/ship_model.py writes an fp16 copy under the weights folder; every file there is a
+    registered model of that name whose descriptors match the fp32 checkpoint's."""
+    import importlib.util
+
+    import numpy as np
+
+    import copyscan.models as models
+
+    spec = importlib.util.spec_from_file_location("ship_model", Path(__file__).parents[1] / "training" / "ship_model.py")
+    ship_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship_model)
+    target = ship_model.ship(str(tiny_model_path), "tiny_shipped_32", weights_dir=tmp_path)
+    assert target.stat().st_size < tiny_model_path.stat().st_size
+    monkeypatch.setattr(models, "WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    models._register_packaged()
+    assert "tiny_shipped_32" in [m.name for m in models.list_models()]
+    shipped = models.create_model("tiny_shipped_32", "cpu", runtime="torch")
+    original = models.create_model(str(tiny_model_path), "cpu", runtime="torch")
+    assert shipped.info.name == "tiny_shipped_32" and "Apache-2.0" in models._REGISTRY["tiny_shipped_32"].license
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    a, b = shipped.embed(pixels), original.embed(pixels)
+    assert np.min(np.sum(a * b, axis=1)) > 0.999

@@ -100,6 +100,38 @@ register_model(ModelSpec(
     "pdqhash (extra copyscan[baselines])", _lazy("hashes", "load_pdq"),
 ))
 
+
+# copyscan's own distilled models ship inside the package as fp16 safetensors (a few MB each):
+# every `copyscan/weights/<name>.safetensors` is a registered model called <name>. Their model
+# cards are in training/ (see training/MODELS.md).
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
+
+
+def _packaged(path: str) -> Callable[[str], DescriptorModel]:
+    def load(device: str) -> DescriptorModel:
+        return load_checkpoint(path, device)
+
+    return load
+
+
+def _register_packaged() -> None:
+    from .checkpoint import read_config
+
+    if not os.path.isdir(WEIGHTS_DIR):
+        return
+    for file in sorted(os.listdir(WEIGHTS_DIR)):
+        if not file.endswith(".safetensors"):
+            continue
+        path = os.path.join(WEIGHTS_DIR, file)
+        config = read_config(path)
+        dim, size = int(config["embed_dim"] or config["feature_dim"]), int(config["input_size"])
+        about = config.get("description") or f"copyscan's distilled {config['backbone']}; {dim}-d"
+        register_model(ModelSpec(file[: -len(".safetensors")], about, dim, size, config.get("license", "Apache-2.0"),
+                                 "shipped with copyscan", _packaged(path)))
+
+
+_register_packaged()
+
 __all__ = [
     "DEFAULT_MODEL", "DescriptorModel", "DescriptorNet", "GeM", "ModelInfo", "ModelSpec", "ModelUnavailable",
     "TorchDescriptor", "create_model", "list_models", "load_checkpoint", "make_config", "register_model",
