@@ -73,14 +73,16 @@ def main() -> None:
     n_queries = len(discover(args.bench / "queries")[0])
     rows = []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-        index_dir = args.work / model / "index"
+        # A model file gets a folder named after its run folder and file, never its own path.
+        slug = f"{Path(model).parent.name}-{Path(model).stem}" if os.path.exists(model) else model
+        index_dir = args.work / slug / "index"
         if index_dir.exists():
             shutil.rmtree(index_dir)
         t0 = time.perf_counter()
-        plain = evaluate_bench(args.bench, args.work / model / "plain", model, index_dir)
+        plain = evaluate_bench(args.bench, args.work / slug / "plain", model, index_dir)
         seconds = time.perf_counter() - t0
         rate = (n_refs + n_queries) / seconds
-        post = evaluate_bench(args.bench, args.work / model / "post", model, index_dir,
+        post = evaluate_bench(args.bench, args.work / slug / "post", model, index_dir,
                               post=PostOptions(background=str(bg)))
         for label, ev in (("plain", plain), ("whiten + norm", post)):
             m = ev.metrics

@@ -161,13 +161,21 @@ def test_sigkill_at_random_moments_then_a_run_that_finishes(tmp_path, tiny_model
 
 
 def test_ctrl_c_exits_130_says_how_to_resume_and_keeps_work(tmp_path, tiny_model_path, cache_dir):
-    expected = _photos(tmp_path / "photos", 160)
-    idx = tmp_path / "idx"
+    expected = _photos(tmp_path / "photos", 320)
     env = _env(cache_dir)
-    run = Run(tmp_path, "interrupted", tmp_path / "photos", idx, tiny_model_path, env)
-    assert _wait_for_new_shard(run, idx, set()), run.output()
-    run.signal_group(signal.SIGINT)  # to the whole group, as a terminal does: workers get it too
-    assert run.wait() == 130, run.output()
+    # On a loaded machine this test process can be descheduled long enough for the whole run to
+    # finish before the signal is sent; such an attempt proves nothing, so it is tried again on
+    # a fresh index (a run that ignores Ctrl-C fails every attempt).
+    for attempt in range(3):
+        idx = tmp_path / f"idx{attempt}"
+        run = Run(tmp_path, f"interrupted{attempt}", tmp_path / "photos", idx, tiny_model_path, env)
+        assert _wait_for_new_shard(run, idx, set()), run.output()
+        run.signal_group(signal.SIGINT)  # to the whole group, as a terminal does: workers get it too
+        rc = run.wait()
+        if rc == 130:
+            break
+        assert rc == 0 and f"{len(expected)} embedded" in run.output(), run.output()
+    assert rc == 130, run.output()
     out = run.output()
     assert "run the same command again" in out and "Traceback" not in out
     kept = _assert_consistent(idx)
