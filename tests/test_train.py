@@ -169,6 +169,43 @@ def test_pca_projector_init_keeps_the_trunk_geometry(photos):
     assert after < 1e-3 < before
 
 
+def test_fold_centring_centres_and_whitens_the_background(photos):
+    from copyscan.decode import decode_file
+    from copyscan.train.student import build_student, fold_centring
+
+    paths = list_images(str(photos))
+    pixels = torch.from_numpy(np.stack([decode_file(str(photos / p), 64).pixels for p in paths]))
+    torch.manual_seed(0)
+    net, cfg = build_student("test_efficientnet", 8, 64)
+    m = torch.tensor(cfg["mean"]).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(cfg["std"]).view(1, 3, 1, 1) * 255.0
+    x = (pixels.permute(0, 3, 1, 2).float() - m) / s
+    net.eval()
+
+    def raw():
+        with torch.no_grad():
+            return net.projector(net.features(x)).double()
+
+    before = raw()
+    info = fold_centring(net, [pixels[:10], pixels[10:]], cfg["mean"], cfg["std"], torch.device("cpu"))
+    after = raw()
+    assert info["images"] == 32
+    assert after.mean(0).abs().max() < 1e-4 * before.abs().max()  # centred on the background
+    assert torch.allclose(after, before - before.mean(0), atol=1e-4)  # and nothing else changed
+    fold_centring(net, [pixels], cfg["mean"], cfg["std"], torch.device("cpu"), whiten=1.0)
+    cov = torch.cov(raw().T)
+    assert torch.allclose(cov / cov.diagonal().mean(), torch.eye(8, dtype=cov.dtype), atol=1e-3)  # whitened
+    with pytest.raises(Exception, match="needs at least 16"):
+        fold_centring(net, [pixels[:10]], cfg["mean"], cfg["std"], torch.device("cpu"), whiten=1.0)
+    torch.manual_seed(0)
+    net, cfg = build_student("test_efficientnet", 8, 64)  # unwhitened again: axes of unequal variance
+    net.eval()
+    narrow = fold_centring(net, [pixels], cfg["mean"], cfg["std"], torch.device("cpu"), dims=3)
+    assert net.out_dim == 3 and raw().shape == (32, 3) and narrow["images"] == 32
+    variances = raw().var(0)
+    assert variances[0] >= variances[1] >= variances[2]  # the strongest axes, strongest first
+
+
 def test_train_records_pca_init(photos, tiny_model_path, tmp_path):
     kw = dict(TINY, data_dir=str(photos), teacher=str(tiny_model_path), steps=1, projector_init="pca", pca_images=12)
     s = train(build_config(output=str(tmp_path / "r"), **kw))

@@ -1,11 +1,12 @@
 """Turn a `copyscan train` checkpoint into a model shipped inside the package.
 
     python training/ship_model.py RUN_DIR/model.safetensors copyscan_lite0_128 \\
-        [--input-size 160] [--description "..."]
+        [--input-size 160] [--fold-background DIR [--whiten 0.5]] [--description "..."]
 
 Writes copyscan/weights/NAME.safetensors: the same weights in fp16 (half the size; descriptors
 change by ~1e-3 cosine, far below what separates copies from non-copies) with the config's name,
-description and licence set, so that `create_model(NAME)` and `--model NAME` find it. The model
+description and licence set, and optionally the centring (and partial whitening) of a
+background folder folded into the projector (`copyscan.train.student.fold_centring`), so that `create_model(NAME)` and `--model NAME` find it. The model
 card for each shipped model is training/MODELS.md.
 """
 
@@ -26,9 +27,34 @@ from copyscan.models.checkpoint import build_net, read_config, save_checkpoint  
 LICENCE = "Apache-2.0 (Lite0 ImageNet start: Apache-2.0; distilled from SSCD, MIT)"
 
 
+def background_batches(folder: str, size: int, limit: int, batch: int = 64):
+    """uint8 NHWC batches of up to `limit` photos spread evenly over `folder` (sorted paths)."""
+    import numpy as np
+
+    from copyscan.decode import DecodeError, decode_file
+    from copyscan.train.data import list_images
+
+    paths = list_images(folder)
+    picks = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), limit)).round().astype(int))
+    chunk = []
+    for i in picks:
+        try:
+            chunk.append(decode_file(os.path.join(folder, paths[i]), size).pixels)
+        except DecodeError:
+            continue
+        if len(chunk) == batch:
+            yield torch.from_numpy(np.stack(chunk))
+            chunk = []
+    if chunk:
+        yield torch.from_numpy(np.stack(chunk))
+
+
 def ship(source: str, name: str, input_size: int | None = None, description: str | None = None,
-         weights_dir: str | os.PathLike = ROOT / "copyscan" / "weights") -> Path:
+         weights_dir: str | os.PathLike = ROOT / "copyscan" / "weights", fold_background: str | None = None,
+         whiten: float = 0.0, fold_images: int = 5000, dims: int | None = None) -> Path:
     from safetensors.torch import load_file
+
+    from copyscan.train.student import fold_centring
 
     config = read_config(source)
     net = build_net(config)
@@ -36,6 +62,13 @@ def ship(source: str, name: str, input_size: int | None = None, description: str
     config = dict(config, name=name, license=LICENCE)
     if input_size:
         config["input_size"] = int(input_size)
+    if dims and not fold_background:
+        raise SystemExit("--dims needs --fold-background: the axes are the background's")
+    if fold_background:
+        batches = background_batches(fold_background, int(config["input_size"]), fold_images)
+        info = fold_centring(net, batches, config["mean"], config["std"], torch.device("cpu"), whiten, dims)
+        config["embed_dim"] = net.out_dim
+        config["folded_background"] = {"folder": os.path.basename(os.path.abspath(fold_background)), **info}
     dim = config["embed_dim"] or config["feature_dim"]
     config["description"] = description or (
         f"copyscan's copy detector: EfficientNet-Lite0 distilled from SSCD (RDCD), {dim}-d, {config['input_size']} px")
@@ -51,8 +84,14 @@ def main() -> None:
     ap.add_argument("name")
     ap.add_argument("--input-size", type=int)
     ap.add_argument("--description")
+    ap.add_argument("--fold-background", help="Folder of photos (not the benchmark's) whose mean is folded into the projector.")
+    ap.add_argument("--whiten", type=float, default=0.0, help="0: centre only; 1: full PCA whitening; between: partial.")
+    ap.add_argument("--fold-images", type=int, default=5000)
+    ap.add_argument("--dims", type=int, help="Keep only the strongest principal axes of the background (needs --fold-background).")
+    ap.add_argument("--weights-dir", default=str(ROOT / "copyscan" / "weights"))
     args = ap.parse_args()
-    target = ship(args.checkpoint, args.name, args.input_size, args.description)
+    target = ship(args.checkpoint, args.name, args.input_size, args.description, args.weights_dir,
+                  args.fold_background, args.whiten, args.fold_images, args.dims)
     print(f"{target} ({target.stat().st_size / 1e6:.1f} MB)")
 
 

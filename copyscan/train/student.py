@@ -112,6 +112,55 @@ def pca_init_projector(net: DescriptorNet, batches, mean, std, device: torch.dev
     return {"images": int(f.shape[0]), "variance_kept": kept}
 
 
+@torch.no_grad()
+def fold_centring(net: DescriptorNet, batches, mean, std, device: torch.device, whiten: float = 0.0,
+                  dims: int | None = None) -> dict[str, float]:
+    """Fold a background's statistics into the projector: its outputs are centred on the
+    background mean (and, with `whiten` > 0, each principal axis scaled by variance^-whiten/2;
+    1 = full whitening) before the L2 norm.
+
+    A student trained on a narrow set of photos puts every unfamiliar photo in a narrow cone:
+    unrelated pictures then score 0.8 against each other and no fixed threshold works.
+    Centring spreads the cone so that a cosine of 0.75 means a copy again, and being linear it
+    costs nothing at inference (SSCD's whitening, but built in, with no `--background` needed).
+    `dims` keeps only that many principal axes (the strongest): a shorter descriptor from the
+    same trained net, the projector replaced by a narrower one.
+    """
+    was_training = net.training
+    net.eval()
+    m = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
+    outs = []
+    for x in batches:
+        x = (x.to(device).permute(0, 3, 1, 2).float() - m) / s
+        outs.append(net.projector(net.features(x)).double().cpu())
+    net.train(was_training)
+    y = torch.cat(outs)
+    dim = y.shape[1]
+    if y.shape[0] < 2 * dim and whiten > 0:
+        raise ModelUnavailable(f"whitening {dim} dims needs at least {2 * dim} background images, got {y.shape[0]}")
+    if dims is not None and not 1 <= dims <= dim:
+        raise ModelUnavailable(f"cannot keep {dims} of {dim} dims")
+    centre = y.mean(0)
+    weight = torch.eye(dim, dtype=torch.float64)
+    if whiten > 0 or dims is not None:
+        values, vectors = torch.linalg.eigh(torch.cov((y - centre).T))
+        values, vectors = values.flip(0), vectors.flip(1)  # strongest axis first
+        values = values.clamp_min(values[0] * 1e-6)
+        keep = dims or dim
+        weight = torch.diag(values[:keep].pow(-whiten / 2)) @ vectors[:, :keep].T
+        weight = weight / weight.norm(dim=1).mean()  # keep the scale near the original's
+    old_w, old_b = net.projector.weight.double().cpu(), net.projector.bias.double().cpu()
+    if weight.shape[0] != dim:
+        net.projector = nn.Linear(old_w.shape[1], weight.shape[0]).to(device)
+        net.out_dim = weight.shape[0]
+    net.projector.weight.copy_((weight @ old_w).float())
+    net.projector.bias.copy_((weight @ (old_b - centre)).float())
+    unit = torch.nn.functional.normalize(y, dim=1)
+    return {"images": int(y.shape[0]), "whiten": float(whiten),
+            "mean_cosine_before": float((unit.mean(0).norm() ** 2 * y.shape[0] - 1) / (y.shape[0] - 1))}
+
+
 def momentum_twin(net: nn.Module) -> nn.Module:
     """A copy with no gradients, moved only by `momentum_update`.
 
