@@ -74,6 +74,18 @@ def _load_trunk_weights(trunk: nn.Module, path: str) -> None:
 
 
 @torch.no_grad()
+def _eval_over(net: nn.Module, batches, mean, std, device: torch.device, fn) -> torch.Tensor:
+    """fn(normalised batch) over uint8 NHWC batches, `net` in eval mode; float64 rows on the CPU."""
+    was_training = net.training
+    net.eval()
+    m = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
+    rows = [fn((x.to(device).permute(0, 3, 1, 2).float() - m) / s).double().cpu() for x in batches]
+    net.train(was_training)
+    return torch.cat(rows)
+
+
+@torch.no_grad()
 def pca_init_projector(net: DescriptorNet, batches, mean, std, device: torch.device) -> dict[str, float]:
     """Set the projector to the top `dim` principal axes of the trunk's GeM features.
 
@@ -83,16 +95,7 @@ def pca_init_projector(net: DescriptorNet, batches, mean, std, device: torch.dev
     run (a CPU budget) starts from there instead of from noise. `batches` yields uint8 NHWC
     tensors of plain (unaugmented) images.
     """
-    was_training = net.training
-    net.eval()
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
-    feats = []
-    for x in batches:
-        x = (x.to(device).permute(0, 3, 1, 2).float() - m) / s
-        feats.append(net.features(x).float().cpu())  # the projector's input: raw GeM output
-    net.train(was_training)
-    f = torch.cat(feats).double()
+    f = _eval_over(net, batches, mean, std, device, net.features)  # the projector's input: raw GeM output
     dim = net.projector.out_features
     if f.shape[0] < 2 or f.shape[1] < dim:
         raise ModelUnavailable(f"PCA projector init needs at least 2 images and a feature of at least {dim} dims")
@@ -126,16 +129,7 @@ def fold_centring(net: DescriptorNet, batches, mean, std, device: torch.device, 
     `dims` keeps only that many principal axes (the strongest): a shorter descriptor from the
     same trained net, the projector replaced by a narrower one.
     """
-    was_training = net.training
-    net.eval()
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
-    outs = []
-    for x in batches:
-        x = (x.to(device).permute(0, 3, 1, 2).float() - m) / s
-        outs.append(net.projector(net.features(x)).double().cpu())
-    net.train(was_training)
-    y = torch.cat(outs)
+    y = _eval_over(net, batches, mean, std, device, lambda x: net.projector(net.features(x)))
     dim = y.shape[1]
     if y.shape[0] < 2 * dim and whiten > 0:
         raise ModelUnavailable(f"whitening {dim} dims needs at least {2 * dim} background images, got {y.shape[0]}")
