@@ -4,7 +4,7 @@ without post-processing (PCA whitening + score normalisation fitted on a backgro
     copyscan bench synth ../shared/data/imagenet-sample /tmp/disc-mini \\
         --references 1000 --distractor-source ../shared/data/imagenette-val --seed 0
     python benchmarks/copy_detection.py /tmp/disc-mini ../shared/data/imagenette-train \\
-        [--models phash,pdq,lite0_gem,sscd_r50_int8] [--background-count 1000] [--work /tmp/cd-work]
+        [--models phash,pdq,lite0_gem,sscd_r50_int8,copyscan_lite0_128,copyscan_lite0_64] [--background-count 1000] [--work /tmp/cd-work]
 
 Each model is scored by `copyscan eval` (copyscan.evaluate.evaluate_bench: top-10 per query,
 DISC2021 micro AP, ties pessimistic). "plain" indexes the references into a fresh index and
@@ -62,7 +62,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bench", type=Path)
     ap.add_argument("background", type=Path)
-    ap.add_argument("--models", default="phash,pdq,lite0_gem,sscd_r50_int8")
+    ap.add_argument("--models", default="phash,pdq,lite0_gem,sscd_r50_int8,copyscan_lite0_128,copyscan_lite0_64")
     ap.add_argument("--background-count", type=int, default=1000)
     ap.add_argument("--threshold", type=float, default=0.75, help="Also report precision/recall at this score (plain).")
     ap.add_argument("--work", type=Path, default=Path("/tmp/copyscan-copy-detection"))

@@ -172,7 +172,10 @@ def dedupe(
 @app.command()
 def models() -> None:
     """List the registered descriptor models."""
-    table = Table("name", "dim", "input", "licence", "needs", "description")
+    from rich.table import Column
+
+    # Names are what users type: never wrapped, whatever the terminal's width.
+    table = Table(Column("name", no_wrap=True), "dim", "input", "licence", "needs", "description")
     for m in list_models():
         name = f"{m.name} (default)" if m.name == DEFAULT_MODEL else m.name
         table.add_row(name, str(m.dim), str(m.input_size), m.license, m.requires, m.description)

@@ -418,3 +418,21 @@ def test_shipped_weights_register_by_file_name(tiny_model_path, tmp_path, monkey
     pixels = rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
     a, b = shipped.embed(pixels), original.embed(pixels)
     assert np.min(np.sum(a * b, axis=1)) > 0.999
+
+
+def test_copyscan_models_ship_in_the_package():
+    """The distilled models are package data: registered, small, fp16, and the default."""
+    import copyscan.models as models
+
+    specs = {m.name: m for m in list_models()}
+    assert models.DEFAULT_MODEL == "copyscan_lite0_128"
+    for name, dim in (("copyscan_lite0_128", 128), ("copyscan_lite0_64", 64)):
+        assert specs[name].dim == dim and specs[name].input_size == 160
+        path = Path(models.WEIGHTS_DIR) / f"{name}.safetensors"
+        assert path.stat().st_size < 8e6
+        config = read_config(path)
+        assert config["embed_dim"] == dim and config["folded_background"]["images"] == 5000
+    model = create_model("copyscan_lite0_64", "cpu", runtime="torch")
+    rng = np.random.default_rng(1)
+    d = model.embed(rng.integers(0, 256, (2, 160, 160, 3), dtype=np.uint8))
+    assert d.shape == (2, 64) and np.allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-4)

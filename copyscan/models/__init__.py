@@ -12,7 +12,7 @@ from typing import Callable
 from .base import DescriptorModel, DescriptorNet, GeM, ModelInfo, ModelSpec, ModelUnavailable, TorchDescriptor, resolve_device, sha256_file
 from .checkpoint import load_checkpoint, make_config, save_checkpoint
 
-DEFAULT_MODEL = "lite0_gem"
+DEFAULT_MODEL = "copyscan_lite0_128"  # shipped in copyscan/weights/; lite0_gem stays available
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
