@@ -61,7 +61,11 @@ class Run:
         cmd = [sys.executable, "-m", "copyscan", "index", str(folder), "--index-dir", str(index_dir), "--model", str(model),
                "-q", "-b", str(FLUSH_ROWS), "-j", str(workers)]
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True)
+            # SIGINT back to its default in the child: a test run started in the background by a
+            # non-interactive shell inherits SIGINT ignored, which Python then keeps ignoring, and
+            # a terminal's Ctrl-C never is.
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True,
+                                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def signal_group(self, sig: int) -> None:
         try:
