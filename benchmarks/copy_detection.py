@@ -24,11 +24,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from copyscan.background import PostOptions  # noqa: E402
 from copyscan.discover import discover  # noqa: E402
 from copyscan.evaluate import evaluate_bench  # noqa: E402
+from copyscan.metrics import load_ground_truth, load_predictions, pairs_found  # noqa: E402
 
 
 def background_folder(source: Path, count: int, work: Path) -> Path:
@@ -48,14 +51,11 @@ def background_folder(source: Path, count: int, work: Path) -> Path:
 def at_threshold(bench: Path, predictions_csv: str, threshold: float) -> tuple[float | None, float]:
     """Precision and recall of the predicted (query, reference) pairs scoring >= threshold: what
     `query --threshold` would report on this benchmark (None: nothing reaches it)."""
-    import csv
-
-    with open(bench / "gt.csv", newline="", encoding="utf-8") as fh:
-        truth = {(r["query_id"], r["reference_id"]) for r in csv.DictReader(fh) if r["reference_id"]}
-    with open(predictions_csv, newline="", encoding="utf-8") as fh:
-        kept = {(r["query_id"], r["reference_id"]) for r in csv.DictReader(fh) if float(r["score"]) >= threshold}
-    hits = len(kept & truth)
-    return (hits / len(kept) if kept else None), hits / len(truth)
+    gt = load_ground_truth(bench / "gt.csv")
+    predictions = load_predictions(predictions_csv)
+    hits = len(pairs_found(gt, predictions, threshold))
+    kept = int(np.count_nonzero(predictions.scores >= threshold))
+    return (hits / kept if kept else None), hits / len(gt.pairs)
 
 
 def main() -> None:

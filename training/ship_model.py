@@ -22,50 +22,26 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from copyscan.models.checkpoint import build_net, read_config, save_checkpoint  # noqa: E402
+from copyscan.models.checkpoint import load_checkpoint, read_config, save_checkpoint  # noqa: E402
 
 LICENCE = "Apache-2.0 (Lite0 ImageNet start: Apache-2.0; distilled from SSCD, MIT)"
-
-
-def background_batches(folder: str, size: int, limit: int, batch: int = 64):
-    """uint8 NHWC batches of up to `limit` photos spread evenly over `folder` (sorted paths)."""
-    import numpy as np
-
-    from copyscan.decode import DecodeError, decode_file
-    from copyscan.train.data import list_images
-
-    paths = list_images(folder)
-    picks = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), limit)).round().astype(int))
-    chunk = []
-    for i in picks:
-        try:
-            chunk.append(decode_file(os.path.join(folder, paths[i]), size).pixels)
-        except DecodeError:
-            continue
-        if len(chunk) == batch:
-            yield torch.from_numpy(np.stack(chunk))
-            chunk = []
-    if chunk:
-        yield torch.from_numpy(np.stack(chunk))
 
 
 def ship(source: str, name: str, input_size: int | None = None, description: str | None = None,
          weights_dir: str | os.PathLike = ROOT / "copyscan" / "weights", fold_background: str | None = None,
          whiten: float = 0.0, fold_images: int = 5000, dims: int | None = None) -> Path:
-    from safetensors.torch import load_file
-
+    from copyscan.train.data import list_images, plain_batches
     from copyscan.train.student import fold_centring
 
     config = read_config(source)
-    net = build_net(config)
-    net.load_state_dict({k: v.float() for k, v in load_file(source).items()})
+    net = load_checkpoint(source, "cpu").net  # checked against its config, in float32
     config = dict(config, name=name, license=LICENCE)
     if input_size:
         config["input_size"] = int(input_size)
     if dims and not fold_background:
         raise SystemExit("--dims needs --fold-background: the axes are the background's")
     if fold_background:
-        batches = background_batches(fold_background, int(config["input_size"]), fold_images)
+        batches = plain_batches(fold_background, list_images(fold_background), int(config["input_size"]), fold_images)
         info = fold_centring(net, batches, config["mean"], config["std"], torch.device("cpu"), whiten, dims)
         config["embed_dim"] = net.out_dim
         config["folded_background"] = {"folder": os.path.basename(os.path.abspath(fold_background)), **info}

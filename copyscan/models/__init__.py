@@ -6,6 +6,7 @@ Registered names load known weights; a path loads a file by its kind: a copyscan
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable
 
@@ -107,13 +108,6 @@ register_model(ModelSpec(
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 
 
-def _packaged(path: str) -> Callable[[str], DescriptorModel]:
-    def load(device: str) -> DescriptorModel:
-        return load_checkpoint(path, device)
-
-    return load
-
-
 def _register_packaged() -> None:
     from .checkpoint import read_config
 
@@ -127,7 +121,7 @@ def _register_packaged() -> None:
         dim, size = int(config["embed_dim"] or config["feature_dim"]), int(config["input_size"])
         about = config.get("description") or f"copyscan's distilled {config['backbone']}; {dim}-d"
         register_model(ModelSpec(file[: -len(".safetensors")], about, dim, size, config.get("license", "Apache-2.0"),
-                                 "shipped with copyscan", _packaged(path)))
+                                 "shipped with copyscan", functools.partial(load_checkpoint, path)))
 
 
 _register_packaged()

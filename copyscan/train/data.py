@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..decode import DecodeError, open_image, read_bytes
+from ..decode import DecodeError, decode_file, open_image, read_bytes
 from ..discover import discover
 from ..edits import TrainAugment
 from ..models.base import ModelUnavailable
@@ -140,6 +140,25 @@ class ViewPairs(Dataset):
 
     def open_index(self, image: int):
         return open_substituted(self.root, self.paths, image, self.size)
+
+
+def plain_batches(root: str, paths: list[str], size: int, limit: int, batch: int = 64):
+    """uint8 NHWC tensors of up to `limit` of `paths` (under `root`), spread evenly over the
+    list, each squashed to size x size as `index` decodes it (no augmentation). A photo that
+    cannot be decoded is left out. For fitting statistics of the plain photos (PCA projector
+    start, background centring)."""
+    picks = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), limit)).round().astype(int))
+    chunk = []
+    for i in picks:
+        try:
+            chunk.append(decode_file(os.path.join(root, paths[i]), size).pixels)
+        except DecodeError:
+            continue
+        if len(chunk) == batch:
+            yield torch.from_numpy(np.stack(chunk))
+            chunk = []
+    if chunk:
+        yield torch.from_numpy(np.stack(chunk))
 
 
 def open_substituted(root: str, paths: list[str], image: int, view_size: int):

@@ -29,7 +29,7 @@ from ..models.base import ModelUnavailable, resolve_device
 from . import distributed
 from .checkpointing import export_model, load_state, rng_states, save_state, set_rng_states
 from .config import TrainConfig, check_resumable, save_config
-from .data import SampleOrder, StepBatches, ViewPairs, collate, list_images, mix_keys
+from .data import SampleOrder, StepBatches, ViewPairs, collate, list_images, mix_keys, plain_batches
 from .losses import EmbeddingQueue, hard_negative, info_nce, koleo, moco_contrast, relational_kl
 from .monitor import MetricsLog, ProgressDisplay
 from .student import build_student, momentum_twin, momentum_update, pca_init_projector
@@ -185,25 +185,8 @@ class _Run:
     def _pca_init(self) -> dict[str, Any]:
         """Projector = principal axes of the trunk's features of up to `pca_images` plain photos
         spread over DATA_DIR (every process computes the same; DDP also broadcasts rank 0's)."""
-        from ..decode import DecodeError, decode_file
-
-        n = len(self.paths)
-        picks = np.unique(np.linspace(0, n - 1, min(n, self.c.pca_images)).round().astype(int))
-
-        def batches():
-            chunk = []
-            for i in picks:
-                try:
-                    chunk.append(decode_file(os.path.join(self.c.data_dir, self.paths[i]), self.c.image_size).pixels)
-                except DecodeError:
-                    continue  # a broken photo is simply not looked at
-                if len(chunk) == 64:
-                    yield torch.from_numpy(np.stack(chunk))
-                    chunk = []
-            if chunk:
-                yield torch.from_numpy(np.stack(chunk))
-
-        info = pca_init_projector(self.net, batches(), self.model_config["mean"], self.model_config["std"], self.device)
+        batches = plain_batches(self.c.data_dir, self.paths, self.c.image_size, self.c.pca_images)
+        info = pca_init_projector(self.net, batches, self.model_config["mean"], self.model_config["std"], self.device)
         return {"method": "pca", **info}
 
     def queue_size(self) -> int:
