@@ -330,7 +330,8 @@ def bench_speed(
     for m in report.models():
         r = ratios(report, m)
         if r:
-            out.print(f"{_esc(m)}: index / model-only = {r.get('index_over_model', float('nan')):.2f}, "
+            out.print(f"{_esc(m)}: index / model-only = {r.get('index_over_model', float('nan')):.2f} "
+                      f"(steady {r.get('steady_over_model', float('nan')):.2f}), "
                       f"index / decode-only = {r.get('index_over_decode', float('nan')):.2f}")
     if report.profile_path:
         out.print(f"profile of the first index run: {_esc(report.profile_path)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -21,8 +22,23 @@ from .models.base import DescriptorModel
 from .store import Row
 
 
+# How much lower decode workers run than the model when both share the CPU. onnxruntime splits
+# each layer over every core and waits for the slowest share, so a decoder taking a core mid-layer
+# stalls the whole model; at a lower priority the decoders fill the gaps between layers and
+# batches instead (measured on 2 cores: end to end 128.7 -> 134.8 images/s, model alone 147.4).
+CPU_DECODE_NICENESS = 10
+
+
 def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2)))
+
+
+def lower_priority(niceness: int, _worker_id: int = 0) -> None:
+    """DataLoader worker start-up: add `niceness` to this process's; never fails the run."""
+    try:
+        os.nice(niceness)
+    except (OSError, AttributeError):  # not allowed, or not a Unix
+        pass
 
 
 class _Files(Dataset):
@@ -79,6 +95,8 @@ def embed_entries(
         pin_memory=model.device.type == "cuda",
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
+        # On a GPU the decoders are the pipeline's limit and keep their full priority.
+        worker_init_fn=partial(lower_priority, CPU_DECODE_NICENESS) if model.device.type == "cpu" else None,
     )
     for indices, pixels, metas, bad in loader:
         rows = []

@@ -11,7 +11,10 @@ Stages:
             no model: the practical limit for the end-to-end figure
   model     the model alone on pixels decoded beforehand (images/s of inference)
   store     write the descriptors as Parquet shards and build + search the FAISS index
-  index     `copyscan index` end to end on a fresh index folder
+  index     `copyscan index` end to end on a fresh index folder; also its steady rate, from the
+            first batch out of the model to the last, which leaves out the fixed costs of a run
+            (imports, discovery, starting the decoders, building FAISS) that a folder of
+            millions spreads over far more images than a benchmark can
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class StageRun:
     peak_rss_mb: float
     workers_peak_rss_mb: float
     runtime: str = ""
+    steady_rate: float = 0.0  # index only: images/s between the first and the last model batch
+    startup_s: float = 0.0  # index only: seconds until the first batch left the model
 
     @property
     def rate(self) -> float:
@@ -85,6 +90,9 @@ class SpeedReport:
                 if m:
                     row[stage] = {"images_per_s": round(m.rate, 2), "cpu_percent": round(m.cpu_percent),
                                   "peak_rss_mb": round(m.peak_rss_mb), "runtime": m.runtime}
+                    if stage == "index":
+                        steady = statistics.median(r.steady_rate for r in self.runs if r.stage == stage and r.model == model)
+                        row[stage].update(steady_images_per_s=round(steady, 2), startup_s=round(m.startup_s, 2))
             row.update(ratios(self, model))
             summary.append(row)
         disc = self.median("discover", "")
@@ -96,11 +104,14 @@ class SpeedReport:
 
 
 def ratios(report: SpeedReport, model: str) -> dict[str, float]:
-    """End to end over model-only and over decode-only, from the medians."""
+    """End to end (whole run, and steady) over model-only and over decode-only, from the medians."""
     out: dict[str, float] = {}
     e2e, inf, dec = (report.median(s, model) for s in ("index", "model", "decode"))
     if e2e and inf and inf.rate:
         out["index_over_model"] = round(e2e.rate / inf.rate, 3)
+        steady = statistics.median(r.steady_rate for r in report.runs if r.stage == "index" and r.model == model)
+        if steady:
+            out["steady_over_model"] = round(steady / inf.rate, 3)
     if e2e and dec and dec.rate:
         out["index_over_decode"] = round(e2e.rate / dec.rate, 3)
     return out
@@ -185,7 +196,7 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     files = json.loads(Path(spec["files"]).read_text())
     prepare = {"model": _prepare_model, "store": _prepare_store, "index": _prepare_index,
                "decode": _prepare_decode, "discover": _prepare_discover}[stage]
-    work, images, runtime = prepare(spec, files)
+    work, images, runtime, *extra = prepare(spec, files)
     cpu0, _, kids_rss0 = _usage()
     t0 = time.perf_counter()
     if spec.get("profile"):
@@ -204,7 +215,8 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     return {"stage": stage, "model": spec.get("model", ""), "images": images, "seconds": seconds,
             "cpu_seconds": cpu1 - cpu0, "peak_rss_mb": rss,
             # Workers forked here count the pages they share with this process too.
-            "workers_peak_rss_mb": kids_rss if kids_rss > kids_rss0 else 0.0, "runtime": runtime}
+            "workers_peak_rss_mb": kids_rss if kids_rss > kids_rss0 else 0.0, "runtime": runtime,
+            **(extra[0](t0) if extra else {})}
 
 
 def _prepare_discover(spec, files):
@@ -294,11 +306,27 @@ def _prepare_index(spec, files):
     model = create_model(spec["model"], device=spec["device"], runtime=spec.get("runtime"))
     index_dir = Path(spec["tmp"]) / f"index-{os.getpid()}"
     result = {}
+    # When each batch left the model, and its size: the steady rate is read from these.
+    batches: list[tuple[float, int]] = []
+    model_embed = model.embed
+
+    def timed_embed(batch):
+        out = model_embed(batch)
+        batches.append((time.perf_counter(), len(out)))
+        return out
+
+    model.embed = timed_embed
 
     def work():
         result["summary"] = index_folder(folder, index_dir, model, spec["batch_size"], spec["workers"], spec["device"])
 
-    return work, len(files), model.info.runtime
+    def steady(t0: float) -> dict[str, float]:
+        if len(batches) < 2:
+            return {}
+        images = sum(n for _, n in batches[1:])
+        return {"steady_rate": images / (batches[-1][0] - batches[0][0]), "startup_s": batches[0][0] - t0}
+
+    return work, len(files), model.info.runtime, steady
 
 
 def format_table(report: SpeedReport) -> list[list[str]]:
@@ -314,6 +342,9 @@ def format_table(report: SpeedReport) -> list[list[str]]:
                 rss = f"{m.peak_rss_mb:,.0f} MB" + (f" (+{m.workers_peak_rss_mb:,.0f} MB/worker)" if m.workers_peak_rss_mb > 1 else "")
                 label = stage + (f" [{m.runtime}]" if m.runtime else "")
                 rows.append([model, label, f"{m.rate:,.1f} img/s", f"{m.cpu_percent:.0f}%", rss])
+                if stage == "index" and m.steady_rate:
+                    steady = statistics.median(r.steady_rate for r in report.runs if r.stage == stage and r.model == model)
+                    rows.append([model, f"index, steady (start-up {m.startup_s:.1f} s)", f"{steady:,.1f} img/s", "", ""])
     return rows
 
 

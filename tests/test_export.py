@@ -93,7 +93,7 @@ def test_bench_speed_cli(tiny_model_path, tmp_path):
     for i in range(10):
         make_photo(tmp_path / "photos" / f"{i}.jpg", size=(120, 90), seed=i)
     r = _cli("bench", "speed", str(tmp_path / "photos"), "-m", str(tiny_model_path), "--repeats", "1",
-             "--stages", "decode,model,index", "-j", "1", "--json")
+             "--stages", "decode,model,index", "-j", "1", "--batch-size", "4", "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["images"] == 10
@@ -102,5 +102,8 @@ def test_bench_speed_cli(tiny_model_path, tmp_path):
         assert row[stage]["images_per_s"] > 0 and row[stage]["peak_rss_mb"] > 0
     assert row["model"]["runtime"] == "onnxruntime"
     assert 0 < row["index_over_model"] and 0 < row["index_over_decode"]
+    # 10 images in batches of 4: the steady rate spans the last two batches.
+    assert row["index"]["steady_images_per_s"] > 0 and row["index"]["startup_s"] > 0
+    assert row["steady_over_model"] > 0
     r = _cli("bench", "speed", str(tmp_path / "photos"), "--stages", "decode,warp")
     assert r.returncode == 1 and "unknown stage" in r.stderr

@@ -87,15 +87,22 @@ class OnnxDescriptor(DescriptorModel):
             size = _static_size(inp.shape) or SSCD_SIZE
         self.uint8_nhwc = inp.type == "tensor(uint8)"
         self.device = torch.device("cpu")
-        self._mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * 255.0
-        self._std = np.asarray(std, np.float32).reshape(1, 3, 1, 1) * 255.0
+        # (x - mean) / std as one multiply-add per value, written straight into the NCHW float
+        # array: the plain expression made three temporaries and cost the main process ~0.5 ms
+        # an image at 160 px, time that onnxruntime then waited for.
+        std255 = np.asarray(std, np.float32).reshape(1, 3, 1, 1) * 255.0
+        self._scale = (1.0 / std255).astype(np.float32)
+        self._shift = (-np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * 255.0 / std255).astype(np.float32)
         dim = int(self.session.get_outputs()[0].shape[-1])
         self.info = ModelInfo(name, dim, size, tuple(mean), tuple(std), sha256_file(path), "onnxruntime", path)
 
     def embed(self, batch):
         x = batch.numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
         if not self.uint8_nhwc:
-            x = (x.transpose(0, 3, 1, 2).astype(np.float32) - self._mean) / self._std
+            nchw = np.empty((x.shape[0], x.shape[3], x.shape[1], x.shape[2]), np.float32)
+            np.multiply(x.transpose(0, 3, 1, 2), self._scale, out=nchw)
+            nchw += self._shift
+            x = nchw
         out = self.session.run(None, {self.input_name: x})[0].astype(np.float32)
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out

@@ -1,0 +1,48 @@
+"""The decode-and-embed stage: worker priority on a CPU model."""
+
+import os
+
+import numpy as np
+import torch
+
+from copyscan import embed
+from copyscan.decode import Decoded
+from copyscan.discover import FileEntry
+from copyscan.models.base import DescriptorModel, ModelInfo
+
+
+class _NicenessProbe(DescriptorModel):
+    """A CPU 'model' whose descriptor is the niceness the decoder ran at (sent as the pixels)."""
+
+    def __init__(self):
+        self.info = ModelInfo("probe", 1, 4, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "0" * 64, "torch")
+        self.device = torch.device("cpu")
+
+    def embed(self, batch):
+        return np.asarray(batch)[:, 0, 0, :1].astype(np.float32)
+
+
+def _decode_reports_niceness(path, size, max_pixels):
+    # Runs in the worker: os.nice(0) reads the niceness without changing it.
+    return Decoded(np.full((size, size, 3), os.nice(0), np.uint8), 1, 1, path, path)
+
+
+def _niceness_seen(monkeypatch, workers):
+    monkeypatch.setattr(embed, "decode_file", _decode_reports_niceness)
+    entries = [FileEntry(f"/x/{i}.jpg", 1, 1) for i in range(6)]
+    seen = [d for b in embed.embed_entries(entries, _NicenessProbe(), batch_size=2, workers=workers) for d in b.descriptors[:, 0]]
+    assert len(seen) == 6
+    return set(int(v) for v in seen)
+
+
+def test_cpu_model_decoders_run_at_lower_priority(monkeypatch):
+    before = os.nice(0)
+    expected = min(19, before + embed.CPU_DECODE_NICENESS)
+    assert _niceness_seen(monkeypatch, workers=2) == {expected}
+    assert os.nice(0) == before  # the model's own process keeps its priority
+
+
+def test_decoding_in_the_main_process_keeps_its_priority(monkeypatch):
+    before = os.nice(0)
+    assert _niceness_seen(monkeypatch, workers=0) == {before}
+    assert os.nice(0) == before
