@@ -73,7 +73,7 @@ DirArg = typer.Argument(..., help="Folder of images (searched recursively).", sh
 IndexOpt = typer.Option(None, "--index-dir", "--index", help="Index folder [default: $COPYSCAN_INDEX_DIR or ./.copyscan/index].")
 ModelOpt = typer.Option(None, "--model", "-m", help="Registered model name (see `copyscan models`) or a model file path.")
 BatchOpt = typer.Option(32, "--batch-size", "-b", min=1, help="Images per model call.")
-WorkersOpt = typer.Option(None, "--workers", "-j", min=0, help="Decoding processes [default: CPU count, at most 8].")
+WorkersOpt = typer.Option(None, "--workers", "-j", min=0, help="Decoding processes [default: one a core, at most 8; on a GPU all cores but one, at most 16].")
 DeviceOpt = typer.Option(Device.auto, "--device", help="Where the model runs.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 # Post-processing: given on index, query, dedupe or eval, it is stored in the index for later runs.

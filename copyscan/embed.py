@@ -29,8 +29,13 @@ from .store import Row
 CPU_DECODE_NICENESS = 10
 
 
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2)))
+def default_workers(gpu: bool = False) -> int:
+    """Decode processes: one a core on a CPU (up to 8: the model needs the cores too); on a GPU,
+    where decoding is the limit, every core but the one that feeds the GPU (up to 16)."""
+    cores = os.cpu_count() or 2
+    if gpu:
+        return max(1, min(16, cores - 1))
+    return max(1, min(8, cores))
 
 
 def lower_priority(niceness: int, _worker_id: int = 0) -> None:
@@ -86,7 +91,7 @@ def embed_entries(
     """Yield embedded batches in order of completion; `progress(n_done_in_batch)` is called per batch."""
     if not entries:
         return
-    workers = default_workers() if workers is None else workers
+    workers = default_workers(gpu=model.device.type == "cuda") if workers is None else workers
     loader = DataLoader(
         _Files(entries, model.input_size, max_pixels),
         batch_size=batch_size,

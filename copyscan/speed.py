@@ -129,7 +129,10 @@ def bench_speed(folder: str | os.PathLike, models: list[str], limit: int = 1000,
         raise FileNotFoundError(f"{folder}: no images found")
     entries = sorted(entries, key=lambda e: e.path)[:limit]
     files = [e.path for e in entries]
-    workers = default_workers() if workers is None else workers
+    if workers is None:
+        from .models.base import resolve_device
+
+        workers = default_workers(gpu=resolve_device(device).type == "cuda")
     report = SpeedReport(str(folder), len(files), os.cpu_count() or 1, {
         "limit": limit, "batch_size": batch_size, "workers": workers, "device": device, "repeats": repeats,
         "runtime": runtime or os.environ.get("COPYSCAN_RUNTIME", "auto"),

@@ -46,3 +46,11 @@ def test_decoding_in_the_main_process_keeps_its_priority(monkeypatch):
     before = os.nice(0)
     assert _niceness_seen(monkeypatch, workers=0) == {before}
     assert os.nice(0) == before
+
+
+def test_default_workers_by_device(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert embed.default_workers() == 8  # CPU: the model needs cores as well
+    assert embed.default_workers(gpu=True) == 15  # GPU: decoding is the limit; one core feeds it
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert embed.default_workers() == 1 and embed.default_workers(gpu=True) == 1
