@@ -74,6 +74,11 @@ class SpeedReport:
         rate = statistics.median(r.rate for r in runs)
         return min(runs, key=lambda r: abs(r.rate - rate))
 
+    def steady(self, model: str) -> float:
+        """Median steady rate of this model's `index` runs (0 when none measured one)."""
+        rates = [r.steady_rate for r in self.runs if r.stage == "index" and r.model == model]
+        return statistics.median(rates) if rates else 0.0
+
     def models(self) -> list[str]:
         seen: dict[str, None] = {}
         for r in self.runs:
@@ -91,8 +96,7 @@ class SpeedReport:
                     row[stage] = {"images_per_s": round(m.rate, 2), "cpu_percent": round(m.cpu_percent),
                                   "peak_rss_mb": round(m.peak_rss_mb), "runtime": m.runtime}
                     if stage == "index":
-                        steady = statistics.median(r.steady_rate for r in self.runs if r.stage == stage and r.model == model)
-                        row[stage].update(steady_images_per_s=round(steady, 2), startup_s=round(m.startup_s, 2))
+                        row[stage].update(steady_images_per_s=round(self.steady(model), 2), startup_s=round(m.startup_s, 2))
             row.update(ratios(self, model))
             summary.append(row)
         disc = self.median("discover", "")
@@ -109,9 +113,8 @@ def ratios(report: SpeedReport, model: str) -> dict[str, float]:
     e2e, inf, dec = (report.median(s, model) for s in ("index", "model", "decode"))
     if e2e and inf and inf.rate:
         out["index_over_model"] = round(e2e.rate / inf.rate, 3)
-        steady = statistics.median(r.steady_rate for r in report.runs if r.stage == "index" and r.model == model)
-        if steady:
-            out["steady_over_model"] = round(steady / inf.rate, 3)
+        if report.steady(model):
+            out["steady_over_model"] = round(report.steady(model) / inf.rate, 3)
     if e2e and dec and dec.rate:
         out["index_over_decode"] = round(e2e.rate / dec.rate, 3)
     return out
@@ -346,8 +349,7 @@ def format_table(report: SpeedReport) -> list[list[str]]:
                 label = stage + (f" [{m.runtime}]" if m.runtime else "")
                 rows.append([model, label, f"{m.rate:,.1f} img/s", f"{m.cpu_percent:.0f}%", rss])
                 if stage == "index" and m.steady_rate:
-                    steady = statistics.median(r.steady_rate for r in report.runs if r.stage == stage and r.model == model)
-                    rows.append([model, f"index, steady (start-up {m.startup_s:.1f} s)", f"{steady:,.1f} img/s", "", ""])
+                    rows.append([model, f"index, steady (start-up {m.startup_s:.1f} s)", f"{report.steady(model):,.1f} img/s", "", ""])
     return rows
 
 
