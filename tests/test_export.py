@@ -76,6 +76,36 @@ def test_cpu_models_run_on_onnxruntime_by_default(tiny_model_path, monkeypatch):
         create_model(tiny_model_path, device="cpu")
 
 
+def test_cached_twin_starts_without_building_the_torch_net(tiny_model_path, tmp_path):
+    first = create_model(tiny_model_path, device="cpu")  # exports the twin if not cached yet
+    batch = _pixels(3, 64, seed=21)
+    np.save(tmp_path / "batch.npy", batch)
+    probe = (
+        "import sys, json, numpy as np\n"
+        "from copyscan.models import create_model\n"
+        f"m = create_model({str(tiny_model_path)!r}, device='cpu')\n"
+        f"x = np.load({str(tmp_path / 'batch.npy')!r})\n"
+        "print(json.dumps({'timm': 'timm' in sys.modules, 'info': m.info.__dict__, 'out': m.embed(x).tolist()}))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["timm"] is False  # the checkpoint's header and the cached twin were enough
+    assert {k: (list(v) if isinstance(v, tuple) else v) for k, v in first.info.__dict__.items()} == doc["info"]
+    np.testing.assert_allclose(np.asarray(doc["out"], np.float32), first.embed(batch), atol=1e-6)
+
+
+def test_damaged_cached_twin_is_exported_again(tiny_model_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("COPYSCAN_CACHE", str(tmp_path / "cache"))
+    good = create_model(tiny_model_path, device="cpu")
+    cached = onnx_cache_path(good)
+    cached.write_bytes(b"not an onnx model")
+    again = create_model(tiny_model_path, device="cpu")
+    assert again.info == good.info and cached.stat().st_size > 1000
+    batch = _pixels(2, 64, seed=5)
+    np.testing.assert_allclose(again.embed(batch), good.embed(batch), atol=1e-6)
+
+
 def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "copyscan", *args], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, "COLUMNS": "200"})

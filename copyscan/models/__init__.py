@@ -40,12 +40,25 @@ def create_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = 
 
     key = os.fspath(name_or_path)
     choice = requested_runtime(runtime)
+    checkpoint = _PACKAGED.get(key) or (key if key.lower().endswith(".safetensors") and os.path.isfile(key) else None)
+    if checkpoint:
+        twin = _cached_checkpoint_twin(checkpoint, device, choice)
+        if twin is not None:
+            return twin
     if key in _REGISTRY:
         return for_this_machine(_REGISTRY[key].loader(device), choice)
     if os.path.exists(key):
         return for_this_machine(load_model_file(key, device), choice)
     names = ", ".join(sorted(_REGISTRY))
     raise ModelUnavailable(f"unknown model {key!r}: use one of {names}, or the path of a model file")
+
+
+def _cached_checkpoint_twin(path: str, device: str, runtime: str) -> DescriptorModel | None:
+    # A checkpoint whose ONNX twin is cached runs from its header and the twin alone.
+    from .checkpoint import checkpoint_info, read_config
+    from .runtime import cached_twin
+
+    return cached_twin(checkpoint_info(path, read_config(path)), device, runtime)
 
 
 def load_model_file(path: str, device: str = "auto") -> DescriptorModel:
@@ -106,6 +119,7 @@ register_model(ModelSpec(
 # every `copyscan/weights/<name>.safetensors` is a registered model called <name>. Their model
 # cards are in training/ (see training/MODELS.md).
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
+_PACKAGED: dict[str, str] = {}  # name -> checkpoint file
 
 
 def _register_packaged() -> None:
@@ -120,8 +134,10 @@ def _register_packaged() -> None:
         config = read_config(path)
         dim, size = int(config["embed_dim"] or config["feature_dim"]), int(config["input_size"])
         about = config.get("description") or f"copyscan's distilled {config['backbone']}; {dim}-d"
-        register_model(ModelSpec(file[: -len(".safetensors")], about, dim, size, config.get("license", "Apache-2.0"),
+        name = file[: -len(".safetensors")]
+        register_model(ModelSpec(name, about, dim, size, config.get("license", "Apache-2.0"),
                                  "shipped with copyscan", functools.partial(load_checkpoint, path)))
+        _PACKAGED[name] = path
 
 
 _register_packaged()

@@ -85,9 +85,17 @@ def load_checkpoint(path: str | os.PathLike, device: str = "auto") -> Descriptor
         raise ModelUnavailable(f"{path}: weights do not fit the config ({str(exc).splitlines()[-1].strip()})") from None
     if missing or unexpected:
         raise ModelUnavailable(f"{path}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    info = ModelInfo(
+    info = checkpoint_info(path, config)
+    if info.dim != net.out_dim:
+        raise ModelUnavailable(f"{path}: config says {info.dim}-d, the net gives {net.out_dim}-d")
+    return TorchDescriptor(net, info, device)
+
+
+def checkpoint_info(path: str, config: dict[str, Any]) -> ModelInfo:
+    """The identity of a checkpoint, read from its header and bytes without building the net."""
+    return ModelInfo(
         name=config.get("name") or os.path.basename(path),
-        dim=net.out_dim,
+        dim=int(config.get("embed_dim") or config["feature_dim"]),
         input_size=int(config["input_size"]),
         mean=tuple(config["mean"]),
         std=tuple(config["std"]),
@@ -95,7 +103,6 @@ def load_checkpoint(path: str | os.PathLike, device: str = "auto") -> Descriptor
         runtime="torch",
         source=path,
     )
-    return TorchDescriptor(net, info, device)
 
 
 def trunk_of(net: DescriptorNet) -> torch.nn.Module:

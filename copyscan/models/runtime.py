@@ -18,7 +18,7 @@ import os
 import re
 import warnings
 
-from .base import DescriptorModel, ModelUnavailable, TorchDescriptor
+from .base import DescriptorModel, ModelInfo, ModelUnavailable, TorchDescriptor, resolve_device
 
 RUNTIMES = ("auto", "torch", "onnx")
 RUNTIME_ENV = "COPYSCAN_RUNTIME"
@@ -58,23 +58,49 @@ def for_this_machine(model: DescriptorModel, runtime: str | None = None) -> Desc
         return model
 
 
-def onnx_cache_path(model: DescriptorModel):
+def onnx_cache_path(model: DescriptorModel | ModelInfo):
+    """Where the ONNX twin of a model (or of a model's identity) is cached."""
     from .weights import cache_dir
 
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.name)[:64]
-    return cache_dir() / "onnx" / f"{stem}-{model.info.weights_sha256[:16]}-{model.input_size}.onnx"
+    info = model if isinstance(model, ModelInfo) else model.info
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", info.name)[:64]
+    return cache_dir() / "onnx" / f"{stem}-{info.weights_sha256[:16]}-{info.input_size}.onnx"
+
+
+def cached_twin(info: ModelInfo, device: str, runtime: str | None = None) -> DescriptorModel | None:
+    """The ONNX twin of the torch model `info` names, when this machine would run it on ONNX
+    Runtime and it was exported before; else None. Building the torch net first would import
+    timm and torchvision (about 3 s of every command's start-up on this CPU) only to be dropped."""
+    if requested_runtime(runtime) == "torch" or resolve_device(device).type != "cpu" or not onnx_available():
+        return None
+    path = onnx_cache_path(info)
+    if not path.exists():
+        return None
+    try:
+        return _twin_at(path, info)
+    except ModelUnavailable:
+        return None  # a damaged or mismatched cache file: the slow path exports it again
+
+
+def _twin_at(path, info: ModelInfo) -> DescriptorModel:
+    from .sscd import OnnxDescriptor
+
+    twin = OnnxDescriptor(path, info.name)
+    if twin.dim != info.dim or twin.input_size != info.input_size:
+        raise ModelUnavailable(f"{path} does not match {info.name}; delete it to export again")
+    twin.info = dataclasses.replace(info, runtime="onnxruntime")
+    return twin
 
 
 def _onnx_twin(model: TorchDescriptor) -> DescriptorModel:
     from ..export import export_descriptor
-    from .sscd import OnnxDescriptor
 
     path = onnx_cache_path(model)
-    if not path.exists():
-        # Written to a temporary name and renamed: two processes exporting at once both succeed.
-        export_descriptor(model, path, name=model.name)
-    twin = OnnxDescriptor(path, model.name)
-    if twin.dim != model.dim or twin.input_size != model.input_size:
-        raise ModelUnavailable(f"{path} does not match {model.name}; delete it to export again")
-    twin.info = dataclasses.replace(model.info, runtime="onnxruntime")
-    return twin
+    if path.exists():
+        try:
+            return _twin_at(path, model.info)
+        except ModelUnavailable:
+            pass  # damaged or mismatched: export it again over the top
+    # Written to a temporary name and renamed: two processes exporting at once both succeed.
+    export_descriptor(model, path, name=model.name)
+    return _twin_at(path, model.info)
