@@ -189,7 +189,7 @@ def _opt(default_note: str, *names: str, **kw):
 
 @app.command()
 def train(
-    data_dir: Path = typer.Argument(..., help="Folder of training photos (no labels; searched recursively).", show_default=False),
+    data_dir: Optional[Path] = typer.Argument(None, help="Folder of training photos (no labels; searched recursively).", show_default=False),
     teacher: Optional[str] = _opt("sscd_r50", "--teacher", help="Frozen teacher: sscd_r50, sscd_r50_int8, a model file, or none (SSCD-style training)."),
     student: Optional[str] = _opt("efficientnet_lite0", "--student", help="timm backbone; efficientnet_lite0 starts from copyscan's ImageNet Lite0 weights."),
     student_weights: Optional[str] = _opt("random, or ImageNet for lite0", "--student-weights", help="Local timm state dict to start another student from."),
@@ -237,8 +237,10 @@ def train(
     from .train import train as run_training
 
     def go():
+        if data_dir is None:
+            _train_without_data(recipe, teacher, teacher_cache)
         config = build_config(
-            recipe, data_dir=str(data_dir), teacher=teacher, student=student, student_weights=student_weights, dim=dim,
+            recipe, data_dir=str(data_dir) if data_dir else None, teacher=teacher, student=student, student_weights=student_weights, dim=dim,
             output=str(output) if output else None, steps=steps, epochs=epochs, batch_size=batch_size,
             image_size=image_size, lr=lr, optimizer=optimizer, warmup_steps=warmup_steps,
             device=device.value if device else None, workers=workers, seed=seed, projector_init=projector_init,
@@ -256,6 +258,24 @@ def train(
     losses = ", ".join(f"{k} {v:.4f}" for k, v in s.last.items() if k in ("loss", "rel", "con", "hn", "infonce", "koleo"))
     out.print(f"trained steps {s.start_step}-{s.steps} of {s.total_steps} in {s.seconds:.1f} s ({s.rate:.1f} images/s); last: {losses}")
     out.print(f"model: {_esc(s.model_path)}  (use: copyscan index DIR --model {_esc(s.model_path)})")
+
+
+def _train_without_data(recipe: Optional[Path], teacher: Optional[str], teacher_cache: Optional[Path]) -> None:
+    """`copyscan train` with no DATA_DIR: first make sure the teacher is here (or say where its
+    weights go), then ask for the photos. A recipe may name the folder itself."""
+    from .train.config import TrainConfig, read_recipe
+    from .train.teacher import load_teacher
+
+    settings = read_recipe(recipe) if recipe else {}
+    if settings.get("data_dir"):
+        return
+    name = teacher or settings.get("teacher") or TrainConfig.teacher
+    if name != "none" and not (teacher_cache or settings.get("teacher_cache")):
+        load_teacher(name, "cpu")  # missing weights: the message says where to put them
+        ready = f"the teacher {name} is ready; "
+    else:
+        ready = ""
+    raise UserError(f"{ready}give the folder of training photos: copyscan train PHOTOS --teacher {name}")
 
 
 @app.command("cache-teacher")

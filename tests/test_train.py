@@ -276,6 +276,29 @@ def test_offline_sscd_teacher_says_where_the_weights_go(photos, tmp_path, monkey
     assert "--teacher" in message and "Traceback" not in r.output
 
 
+def test_train_as_typed_in_the_design_card(tmp_path, monkeypatch, tiny_model_path):
+    # `copyscan train --teacher sscd_r50`, no photo folder: offline, it says where the weights go.
+    from copyscan.models import weights
+
+    def no_network(url, target):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setenv("COPYSCAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(weights, "_download", no_network)
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["train", "--teacher", "sscd_r50"])
+    message = " ".join(r.output.split())
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert str(tmp_path / "cache" / "sscd_disc_mixup.torchscript.pt") in message
+    # With a teacher that is here, it asks for the photos instead, naming the teacher.
+    r = runner.invoke(app, ["train", "--teacher", str(tiny_model_path)])
+    message = " ".join(r.output.split())
+    assert r.exit_code == 1 and "is ready" in message and "give the folder of training photos" in message
+    r = runner.invoke(app, ["train", "--teacher", "none"])
+    assert r.exit_code == 1 and "give the folder of training photos" in " ".join(r.output.split())
+    assert not (tmp_path / "copyscan-train").exists()  # nothing was started
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_with_gloo(photos, tiny_model_path, tmp_path):
     run = tmp_path / "run"
