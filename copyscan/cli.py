@@ -237,10 +237,10 @@ def train(
     from .train import train as run_training
 
     def go():
-        if data_dir is None:
-            _train_without_data(recipe, teacher, teacher_cache)
+        # Checked by run_training; built unchecked here so that a missing DATA_DIR can first
+        # check the teacher that the options and the recipe settled on.
         config = build_config(
-            recipe, data_dir=str(data_dir) if data_dir else None, teacher=teacher, student=student, student_weights=student_weights, dim=dim,
+            recipe, validate=False, data_dir=str(data_dir) if data_dir else None, teacher=teacher, student=student, student_weights=student_weights, dim=dim,
             output=str(output) if output else None, steps=steps, epochs=epochs, batch_size=batch_size,
             image_size=image_size, lr=lr, optimizer=optimizer, warmup_steps=warmup_steps,
             device=device.value if device else None, workers=workers, seed=seed, projector_init=projector_init,
@@ -250,6 +250,8 @@ def train(
             w_con=w_con, w_hn=w_hn, w_infonce=w_infonce, w_koleo=w_koleo, checkpoint_every=checkpoint_every,
             amp=amp, progress=False if quiet else None,
         )
+        if not config.data_dir:
+            _ask_for_photos(config)
         return run_training(config)
 
     s = _run(go)
@@ -260,22 +262,16 @@ def train(
     out.print(f"model: {_esc(s.model_path)}  (use: copyscan index DIR --model {_esc(s.model_path)})")
 
 
-def _train_without_data(recipe: Optional[Path], teacher: Optional[str], teacher_cache: Optional[Path]) -> None:
-    """`copyscan train` with no DATA_DIR: first make sure the teacher is here (or say where its
-    weights go), then ask for the photos. A recipe may name the folder itself."""
-    from .train.config import TrainConfig, read_recipe
+def _ask_for_photos(config) -> None:
+    """`copyscan train` with no DATA_DIR: make sure the teacher is here first (offline, its
+    loader says where the weights go), then ask for the photos."""
     from .train.teacher import load_teacher
 
-    settings = read_recipe(recipe) if recipe else {}
-    if settings.get("data_dir"):
-        return
-    name = teacher or settings.get("teacher") or TrainConfig.teacher
-    if name != "none" and not (teacher_cache or settings.get("teacher_cache")):
-        load_teacher(name, "cpu")  # missing weights: the message says where to put them
-        ready = f"the teacher {name} is ready; "
-    else:
-        ready = ""
-    raise UserError(f"{ready}give the folder of training photos: copyscan train PHOTOS --teacher {name}")
+    ready = ""
+    if config.teacher != "none" and not config.teacher_cache:
+        load_teacher(config.teacher, "cpu")
+        ready = f"the teacher {config.teacher} is ready; "
+    raise UserError(f"{ready}give the folder of training photos: copyscan train PHOTOS --teacher {config.teacher}")
 
 
 @app.command("cache-teacher")

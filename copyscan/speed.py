@@ -113,8 +113,9 @@ def ratios(report: SpeedReport, model: str) -> dict[str, float]:
     e2e, inf, dec = (report.median(s, model) for s in ("index", "model", "decode"))
     if e2e and inf and inf.rate:
         out["index_over_model"] = round(e2e.rate / inf.rate, 3)
-        if report.steady(model):
-            out["steady_over_model"] = round(report.steady(model) / inf.rate, 3)
+        steady = report.steady(model)
+        if steady:
+            out["steady_over_model"] = round(steady / inf.rate, 3)
     if e2e and dec and dec.rate:
         out["index_over_decode"] = round(e2e.rate / dec.rate, 3)
     return out

@@ -40,13 +40,14 @@ def create_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = 
 
     key = os.fspath(name_or_path)
     choice = requested_runtime(runtime)
-    checkpoint = _PACKAGED.get(key) or (key if key.lower().endswith(".safetensors") and os.path.isfile(key) else None)
+    spec = _REGISTRY.get(key)
+    checkpoint = spec.checkpoint if spec else (key if key.lower().endswith(".safetensors") and os.path.isfile(key) else None)
     if checkpoint:
         twin = _cached_checkpoint_twin(checkpoint, device, choice)
         if twin is not None:
             return twin
-    if key in _REGISTRY:
-        return for_this_machine(_REGISTRY[key].loader(device), choice)
+    if spec:
+        return for_this_machine(spec.loader(device), choice)
     if os.path.exists(key):
         return for_this_machine(load_model_file(key, device), choice)
     names = ", ".join(sorted(_REGISTRY))
@@ -119,7 +120,6 @@ register_model(ModelSpec(
 # every `copyscan/weights/<name>.safetensors` is a registered model called <name>. Their model
 # cards are in training/ (see training/MODELS.md).
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
-_PACKAGED: dict[str, str] = {}  # name -> checkpoint file
 
 
 def _register_packaged() -> None:
@@ -134,10 +134,8 @@ def _register_packaged() -> None:
         config = read_config(path)
         dim, size = int(config["embed_dim"] or config["feature_dim"]), int(config["input_size"])
         about = config.get("description") or f"copyscan's distilled {config['backbone']}; {dim}-d"
-        name = file[: -len(".safetensors")]
-        register_model(ModelSpec(name, about, dim, size, config.get("license", "Apache-2.0"),
-                                 "shipped with copyscan", functools.partial(load_checkpoint, path)))
-        _PACKAGED[name] = path
+        register_model(ModelSpec(file[: -len(".safetensors")], about, dim, size, config.get("license", "Apache-2.0"),
+                                 "shipped with copyscan", functools.partial(load_checkpoint, path), checkpoint=path))
 
 
 _register_packaged()

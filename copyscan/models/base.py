@@ -172,3 +172,6 @@ class ModelSpec:
     license: str
     requires: str = ""  # what must be installed or downloaded, for `copyscan models`
     loader: Any = field(default=None, repr=False)  # (device) -> DescriptorModel
+    # The copyscan checkpoint the loader reads, when it is one: its identity can then be read
+    # from the file's header without building the net (see create_model's cached ONNX twin).
+    checkpoint: str | None = field(default=None, repr=False)
