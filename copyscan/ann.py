@@ -73,6 +73,12 @@ def save_index(index: faiss.Index, path: str) -> None:
     faiss.write_index(index, path)
 
 
+def write_index_to(index: faiss.Index, fh) -> None:
+    """Stream `index` into an open binary file: a failed write (a full disk) raises the OSError
+    itself, with its errno, where faiss.write_index(path) would raise a RuntimeError."""
+    faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))
+
+
 def load_index(path: str) -> faiss.Index:
     index = faiss.read_index(path)
     try:

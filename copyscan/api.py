@@ -32,7 +32,10 @@ from .group import Item, Pairs, build_groups
 from .models import DEFAULT_MODEL, DescriptorModel, create_model, list_models
 from .postprocess import PostProcess
 from .results import Group, Match, QueryResult
-from .store import IndexError_, IndexStore, Row, descriptors_of, paths_of, rows_to_table
+from .oserrors import WriteError
+from .outputs import RunOutputs
+from .store import IndexError_, IndexStore, Row, atomic_write, descriptors_of, paths_of, rows_to_table
+from .validate import check_number, check_sizes, check_threshold
 
 DEFAULT_THRESHOLD = 0.75
 DEFAULT_TOP_K = 5
@@ -64,6 +67,7 @@ class IndexSummary:
     seconds: float = 0.0
     rate: float = 0.0  # images embedded per second in this run
     faiss: str = ""
+    notes: list[str] = field(default_factory=list)  # e.g. a lost manifest rebuilt from the shards
 
 
 @dataclass
@@ -76,6 +80,7 @@ class QuerySummary:
     seconds: float = 0.0
     csv_path: str = ""
     report_path: str = ""
+    notes: list[str] = field(default_factory=list)  # e.g. a lost manifest rebuilt from the shards
 
 
 @dataclass
@@ -130,16 +135,27 @@ def index_folder(
     resumes where this one stopped. `post` sets up (or switches off) whitening and score
     normalisation, kept in the index for later queries (see copyscan.background).
     """
+    check_sizes(batch_size=batch_size, workers=workers)
+    _check_post(post)
     root = resolve_root(folder)
     store = IndexStore(index_dir or default_index_dir())
+    new_folder = not store.folder.exists()
+    new_index = not store.exists()
     store.lock()
+    done = False
     try:
         m = _model(model, device)
         if post is not None and post.given():
             store.check_model(m.info)
             configure_postprocess(store, m, post, _scored_roots(store, root), batch_size, workers, progress)
-        return _index_locked(store, root, m, batch_size, workers, progress, max_pixels)
+        summary = _index_locked(store, root, m, batch_size, workers, progress, max_pixels)
+        done = True
+        return summary
     finally:
+        if not done and new_index:
+            # A new index that failed before saving any image (a full disk, a protected folder)
+            # leaves nothing behind that a later run with another model would trip over.
+            store.discard_if_empty(remove_folder=new_folder)
         store.unlock()
 
 
@@ -175,7 +191,7 @@ def _index_locked(store, root, model, batch_size, workers, progress, max_pixels)
             rows, descs = list(buffer_rows), list(buffer_desc)
             buffer_rows.clear()
             buffer_desc.clear()
-            store.write_shard(store.next_shard_number(), rows_to_table(rows, np.concatenate(descs)))
+            store.write_shard(store.next_shard_number(), rows_to_table(rows, np.concatenate(descs)), model.info)
             summary.embedded += len(rows)
         store.write_skipped(keep_skips + new_skips)
         last_flush = time.monotonic()
@@ -195,15 +211,25 @@ def _index_locked(store, root, model, batch_size, workers, progress, max_pixels)
         raise Interrupted(
             f"interrupted: {summary.embedded} images saved in {store.folder}; run the same command again to resume"
         ) from None
+    except WriteError as exc:
+        saved = f" ({summary.embedded} images were saved; the same command resumes)" if summary.embedded else ""
+        raise WriteError(f"{exc}{saved}", exc.path, exc.errno) from None
     flush()
 
     # Rows whose file is gone, or changed and now unreadable, are dropped.
     now_bad = {s.path for s in new_skips}
     dead = {p for p in known if under(p, root) and (p not in present or p in now_bad)}
-    store.compact(dead)  # also drops rows superseded by re-embedded files, which are not removals
+    dropped = store.compact(dead)  # also drops rows superseded by re-embedded files, which are not removals
     summary.removed = len(dead)
     summary.skipped = sorted((s for s in keep_skips + new_skips if under(s.path, root)), key=lambda s: s.path)
-    summary.total, summary.faiss = _rebuild_faiss(store, model, roots=[root], skipped=len(keep_skips) + len(new_skips))
+    skipped_count = len(keep_skips) + len(new_skips)
+    manifest = store.read_manifest()
+    if not summary.embedded and not dropped and _up_to_date(store, manifest, root, skipped_count):
+        # Nothing changed: nothing is written (a read-only index stays usable).
+        summary.total, summary.faiss = int(manifest["faiss"]["count"]), str(manifest["faiss"]["type"])
+    else:
+        summary.total, summary.faiss = _rebuild_faiss(store, model, roots=[root], skipped=skipped_count)
+    summary.notes = list(store.notes)
     summary.seconds = clock.seconds
     summary.rate = clock.rate
     return summary
@@ -219,15 +245,25 @@ def _flush_rows() -> int:
     return int(text)
 
 
+def _up_to_date(store: IndexStore, manifest: dict, root: str, skipped: int) -> bool:
+    """True when the manifest and the FAISS file already describe the shards as they are."""
+    faiss_meta = manifest.get("faiss", {})
+    return ("count" in faiss_meta and "type" in faiss_meta and root in manifest.get("roots", [])
+            and int(manifest.get("counts", {}).get("skipped", -1)) == skipped and not _stale(store, manifest))
+
+
+def _check_post(post: PostOptions | None) -> None:
+    if post is not None and post.beta is not None:
+        check_number(post.beta, "--beta")
+
+
 def _rebuild_faiss(store: IndexStore, model: DescriptorModel, roots: list[str], skipped: int) -> tuple[int, str]:
     table = store.read_table(["descriptor"])
     # The shards keep the model's own descriptors; FAISS holds them post-processed.
     vectors = load_postprocess(store, store.read_manifest()).transform(descriptors_of(table))
     choice = ann.choose_index(len(vectors), vectors.shape[1])
     index = ann.build_index(vectors, choice)
-    tmp = str(store.faiss_path) + ".tmp"
-    ann.save_index(index, tmp)
-    os.replace(tmp, store.faiss_path)
+    atomic_write(store.faiss_path, lambda fh: ann.write_index_to(index, fh))
     meta = {
         "type": choice.factory,
         "rule": choice.reason,
@@ -381,20 +417,28 @@ def query_folder(
     score is the cosine less the query's background bias (see copyscan.postprocess).
     """
     clock = Throughput()
+    check_sizes(top_k=top_k, batch_size=batch_size, workers=workers)
+    _check_post(post)
+    if threshold is not None:
+        check_number(threshold, "--threshold")
     loaded = load_index(index_dir)
+    # Before any work, against the scale the index will have after this command's options.
+    check_threshold(threshold, _expected_postprocess(loaded.store, post), default=default_threshold(loaded.manifest))
     m = _model_for_index(loaded, model, device)
     if post is not None and post.given():
         _set_postprocess(loaded.store, m, post, resolve_root(folder), batch_size, workers, progress)
         loaded = load_index(index_dir)
+        check_threshold(threshold, loaded.manifest.get("postprocess"), default=default_threshold(loaded.manifest))
     threshold = default_threshold(loaded.manifest) if threshold is None else threshold
     floor = -np.inf if threshold <= -1 else threshold  # normalised scores can fall below -1
     entries, skipped = discover(folder)
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     summary = QuerySummary(str(out), queries=len(entries), csv_path=str(out / "matches.csv"))
     shown: list[tuple[float, int, QueryResult]] = []  # best results for the HTML page, bounded
     bar = _progress_bar(progress, len(entries), f"querying with {m.name}")
-    with open(out / "matches.csv", "w", newline="", encoding="utf-8") as fh, bar:
+    # All or nothing: matches.csv and the report appear together, or a failed run leaves the
+    # previous ones as they were (see outputs.py).
+    with RunOutputs(out) as outputs, outputs.open("matches.csv") as fh, bar:
         writer = csv.writer(fh)
         writer.writerow(["query_path", "reference_path", "score", "rank"])
         for batch in embed_entries(entries, m, batch_size, workers, max_pixels, progress=bar.advance):
@@ -421,17 +465,19 @@ def query_folder(
                         heapq.heappush(shown, item)
                     else:
                         heapq.heappushpop(shown, item)
-    summary.skipped = skipped
-    if report:
-        from .report import write_query_report
+        fh.close()
+        summary.skipped = skipped
+        summary.notes = list(loaded.store.notes)
+        if report:
+            from .report import write_query_report
 
-        results = [r for _, _, r in sorted(shown, key=lambda t: -t[0])]
-        figures = {
-            "Model": m.name, "Index": str(loaded.store.folder), "Threshold": threshold, "Top-k": top_k,
-            "Queries": summary.queries, "Queries with a match": summary.with_match, "Matches": summary.matches,
-            "Skipped files": len(skipped),
-        }
-        summary.report_path = str(write_query_report(out, results, figures))
+            results = [r for _, _, r in sorted(shown, key=lambda t: -t[0])]
+            figures = {
+                "Model": m.name, "Index": str(loaded.store.folder), "Threshold": threshold, "Top-k": top_k,
+                "Queries": summary.queries, "Queries with a match": summary.with_match, "Matches": summary.matches,
+                "Skipped files": len(skipped),
+            }
+            summary.report_path = str(write_query_report(out, results, figures))
     summary.seconds = clock.seconds
     return summary
 
@@ -458,16 +504,24 @@ def dedupe(
     The folder is first indexed (incrementally) into the index; nothing in it is modified.
     """
     clock = Throughput()
+    check_sizes(batch_size=batch_size, workers=workers)
+    _check_post(post)
     root = resolve_root(folder)
     store = IndexStore(index_dir or default_index_dir())
+    if threshold is not None:
+        # Checked before hours of indexing against the scale the index will have, and again after.
+        check_number(threshold, "--threshold")
+        check_threshold(threshold, _expected_postprocess(store, post))
     if model is None:
         model = _existing_model_ref(store) or DEFAULT_MODEL
     m = _model(model, device)
     index_summary = index_folder(root, store.folder, m, batch_size, workers, device, progress, max_pixels, post)
     table = store.read_table(["width", "height", "bytes", "content_hash", "pixel_hash", "descriptor"], root=root)
     paths = paths_of(table)
-    post_process = load_postprocess(store, store.read_manifest())
-    threshold = default_threshold(store.read_manifest()) if threshold is None else threshold
+    manifest = store.read_manifest()
+    post_process = load_postprocess(store, manifest)
+    check_threshold(threshold, manifest.get("postprocess"), default=default_threshold(manifest))
+    threshold = default_threshold(manifest) if threshold is None else threshold
     vectors = post_process.transform(descriptors_of(table))
     items = [
         Item(p, w, h, b, ch, ph)
@@ -479,24 +533,38 @@ def dedupe(
     pairs = _find_pairs_normalised(vectors, threshold, post_process)
     groups = build_groups(items, pairs, threshold)
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     summary = DedupeSummary(str(out), index_summary, len(items), groups)
     summary.copies = sum(len(g.copies) for g in groups)
     summary.exact_copies = sum(1 for g in groups for c in g.copies if c.match != "near")
     summary.csv_path = str(out / "groups.csv")
-    write_groups_csv(out / "groups.csv", groups)
-    write_groups_json(out / "groups.json", groups, threshold, m.name)
-    if report:
-        from .report import write_dedupe_report
+    with RunOutputs(out) as outputs:  # all or nothing, as in query_folder
+        with outputs.open("groups.csv") as fh:
+            _write_groups_rows(fh, groups)
+        outputs.write_text("groups.json", groups_json(groups, threshold, m.name))
+        if report:
+            from .report import write_dedupe_report
 
-        figures = {
-            "Model": m.name, "Folder": display_path(root), "Threshold": threshold, "Images": len(items),
-            "Groups": len(groups), "Copies": summary.copies, "Exact copies": summary.exact_copies,
-            "Skipped files": len(index_summary.skipped),
-        }
-        summary.report_path = str(write_dedupe_report(out, groups, figures, max_items=REPORT_ITEMS))
+            figures = {
+                "Model": m.name, "Folder": display_path(root), "Threshold": threshold, "Images": len(items),
+                "Groups": len(groups), "Copies": summary.copies, "Exact copies": summary.exact_copies,
+                "Skipped files": len(index_summary.skipped),
+            }
+            summary.report_path = str(write_dedupe_report(out, groups, figures, max_items=REPORT_ITEMS))
     summary.seconds = clock.seconds
     return summary
+
+
+def _expected_postprocess(store: IndexStore, post: PostOptions | None) -> dict | None:
+    """The post-processing entry the index will have after this command's options: what decides
+    the scale of its scores, known before any work (see validate.score_range)."""
+    from .postprocess import DEFAULT_BETA
+
+    stored = (store.read_manifest().get("postprocess") if store.exists() else None) or {}
+    if post is None or not post.given():
+        return stored
+    score_norm = post.score_norm if post.score_norm is not None else stored.get("score_norm", post.background is not None)
+    beta = post.beta if post.beta is not None else stored.get("beta", DEFAULT_BETA)
+    return {"score_norm": score_norm, "beta": beta}
 
 
 def _existing_model_ref(store: IndexStore) -> str | None:
@@ -551,16 +619,15 @@ def find_pairs(vectors: np.ndarray, threshold: float, query_rows: np.ndarray | N
     return both_ends.best_per_pair(n)
 
 
-def write_groups_csv(path: Path, groups: list[Group]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["group_id", "path", "role", "score", "width", "height", "bytes"])
-        for g in groups:
-            for mem in g.members:
-                writer.writerow([g.group_id, display_path(mem.path), mem.role, f"{mem.score:.6f}", mem.width, mem.height, mem.bytes])
+def _write_groups_rows(fh, groups: list[Group]) -> None:
+    writer = csv.writer(fh)
+    writer.writerow(["group_id", "path", "role", "score", "width", "height", "bytes"])
+    for g in groups:
+        for mem in g.members:
+            writer.writerow([g.group_id, display_path(mem.path), mem.role, f"{mem.score:.6f}", mem.width, mem.height, mem.bytes])
 
 
-def write_groups_json(path: Path, groups: list[Group], threshold: float, model: str) -> None:
+def groups_json(groups: list[Group], threshold: float, model: str) -> str:
     doc = {
         "threshold": threshold,
         "model": model,
@@ -578,7 +645,7 @@ def write_groups_json(path: Path, groups: list[Group], threshold: float, model: 
             for g in groups
         ],
     }
-    path.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
 
 
 __all__ = [

@@ -6,6 +6,7 @@ second writer) ends in one clear line on stderr and a non-zero exit, never a tra
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from contextlib import nullcontext
@@ -24,6 +25,7 @@ from .models import DEFAULT_MODEL, ModelUnavailable, list_models
 from .errors import UserError
 from .speed import STAGES as SPEED_STAGES
 from .store import IndexError_
+from .validate import MAX_BATCH_SIZE, MAX_TOP_K, MAX_WORKERS
 
 app = typer.Typer(
     add_completion=False,
@@ -50,15 +52,39 @@ def _run(fn, *args, **kwargs):
     except KeyboardInterrupt:
         err.print("[yellow]interrupted: run the same command again to resume (finished work is kept)[/]")
         raise typer.Exit(130)
-    except (ModelUnavailable, IndexError_, UserError, FileNotFoundError, NotADirectoryError) as exc:
+    except (ModelUnavailable, IndexError_, UserError) as exc:
         err.print(f"[red]error:[/] {_plain(exc)}")
         raise typer.Exit(1)
+    except OSError as exc:
+        message = _os_error_message(exc)
+        if message is None or os.environ.get("COPYSCAN_DEBUG"):
+            _internal_error(exc)
+        err.print(f"[red]error:[/] {message}")
+        raise typer.Exit(1)
     except Exception as exc:
-        # A bug of ours, not the user's input: one line, and the traceback on request.
-        if os.environ.get("COPYSCAN_DEBUG"):
-            raise
-        err.print(f"[red]internal error:[/] {type(exc).__name__}: {_plain(exc)} (set COPYSCAN_DEBUG=1 for the traceback)")
-        raise typer.Exit(2)
+        _internal_error(exc)
+
+
+def _internal_error(exc: BaseException) -> None:
+    # A bug of ours, not the user's input: one line, and the traceback on request.
+    if os.environ.get("COPYSCAN_DEBUG"):
+        raise exc
+    err.print(f"[red]internal error:[/] {type(exc).__name__}: {_plain(exc)} (set COPYSCAN_DEBUG=1 for the traceback)")
+    raise typer.Exit(2)
+
+
+def _os_error_message(exc: OSError) -> str | None:
+    """A user's OSError (ours with a message, a missing path, a full disk, a protected folder) as
+    one line naming the path; None for anything else, which is then an internal error."""
+    from .oserrors import explain, is_user_fixable
+
+    if exc.errno is None and exc.args:  # raised by copyscan with its own message
+        return _plain(exc)
+    if is_user_fixable(exc):
+        return _esc(str(explain(exc, exc.filename or ".")))
+    if exc.errno == errno.ENOENT and exc.filename:
+        return _esc(f"no such file or folder: {exc.filename}")
+    return None
 
 
 def _plain(exc: BaseException) -> str:
@@ -70,18 +96,18 @@ def _esc(text: str) -> str:
 
 
 DirArg = typer.Argument(..., help="Folder of images (searched recursively).", show_default=False)
-IndexOpt = typer.Option(None, "--index-dir", "--index", help="Index folder [default: $COPYSCAN_INDEX_DIR or ./.copyscan/index].")
-ModelOpt = typer.Option(None, "--model", "-m", help="Registered model name (see `copyscan models`) or a model file path.")
-BatchOpt = typer.Option(32, "--batch-size", "-b", min=1, help="Images per model call.")
-WorkersOpt = typer.Option(None, "--workers", "-j", min=0, help="Decoding processes [default: one a core, at most 8; on a GPU all cores but one, at most 16].")
+IndexOpt = typer.Option(None, "--index-dir", "--index", help="Index folder \\[default: $COPYSCAN_INDEX_DIR or ./.copyscan/index].", show_default=False)
+ModelOpt = typer.Option(None, "--model", "-m", help=f"Registered model name (see `copyscan models`) or a model file path \\[default: the model that built the index; {DEFAULT_MODEL} for a new one].", show_default=False)
+BatchOpt = typer.Option(32, "--batch-size", "-b", min=1, max=MAX_BATCH_SIZE, help="Images per model call.")
+WorkersOpt = typer.Option(None, "--workers", "-j", min=0, max=MAX_WORKERS, help="Decoding processes, 0 for none (decode in the main process) \\[default: one a core, at most 8; on a GPU all cores but one, at most 16].", show_default=False)
 DeviceOpt = typer.Option(Device.auto, "--device", help="Where the model runs.")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar \\[default: off].", show_default=False)
 # Post-processing: given on index, query, dedupe or eval, it is stored in the index for later runs.
-BackgroundOpt = typer.Option(None, "--background", help="Photos unrelated to the references and queries to fit whitening and score normalisation on (both on by default); kept in the index.", show_default=False)
-WhitenOpt = typer.Option(None, "--whiten/--no-whiten", help="PCA whitening + L2 norm of descriptors [default: as stored in the index].", show_default=False)
-ScoreNormOpt = typer.Option(None, "--score-norm/--no-score-norm", help="Subtract beta x a query's mean similarity to its 3 nearest background images [default: as stored].", show_default=False)
-WhitenDimOpt = typer.Option(None, "--whiten-dim", min=1, help="Whitened dimension [default: background images / 4, at most 256 and the model's].", show_default=False)
-BetaOpt = typer.Option(None, "--beta", help="Score normalisation weight [default: 1].", show_default=False)
+BackgroundOpt = typer.Option(None, "--background", help="Folder of photos unrelated to the references and queries, to fit whitening and score normalisation on (a new one turns both on); kept in the index \\[default: the index's, if any].", show_default=False)
+WhitenOpt = typer.Option(None, "--whiten/--no-whiten", help="PCA whitening + L2 norm of descriptors \\[default: as stored in the index; off in a new one].", show_default=False)
+ScoreNormOpt = typer.Option(None, "--score-norm/--no-score-norm", help="Subtract beta x a query's mean cosine to its 3 nearest background images \\[default: as stored in the index; off in a new one].", show_default=False)
+WhitenDimOpt = typer.Option(None, "--whiten-dim", min=1, help="Whitened dimension, in components \\[default: background images / 4, at most 256 and the model's].", show_default=False)
+BetaOpt = typer.Option(None, "--beta", help="Score normalisation weight (a factor on the background cosine) \\[default: 1].", show_default=False)
 
 
 def _post(background, whiten, score_norm, whiten_dim, beta):
@@ -105,7 +131,14 @@ def index(
     whiten_dim: Optional[int] = WhitenDimOpt,
     beta: Optional[float] = BetaOpt,
 ) -> None:
-    """Embed the images of FOLDER into an index (only new or changed files; removed ones are dropped)."""
+    """Embed the images of FOLDER into an index (only new or changed files; removed ones are dropped).
+
+    Examples:
+
+    copyscan index ./refs
+
+    copyscan index ./refs --index-dir ./refs-index --model copyscan_lite0_64
+    """
     s = _run(api.index_folder, folder, index_dir, model or DEFAULT_MODEL, batch_size, workers, device.value, not quiet,
              post=_post(background, whiten, score_norm, whiten_dim, beta))
     _print_index_summary(s)
@@ -115,9 +148,9 @@ def index(
 def query(
     folder: Path = DirArg,
     index_dir: Optional[Path] = IndexOpt,
-    output: Path = typer.Option(Path("copyscan-query"), "--output", "-o", help="Folder for matches.csv and report.html."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Keep matches scoring at least this; -1 keeps every top-k match [default: 0.75, or the index's with post-processing].", show_default=False),
-    top_k: int = typer.Option(api.DEFAULT_TOP_K, "--top-k", "-k", min=1, help="Matches per query at most."),
+    output: Path = typer.Option(Path("copyscan-query"), "--output", "-o", help="Folder for matches.csv and report.html (created if missing)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Keep matches scoring at least this: a cosine similarity, -1 to 1 (wider with score normalisation); -1 keeps every top-k match \\[default: 0.75, or the index's suggested threshold with score normalisation].", show_default=False),
+    top_k: int = typer.Option(api.DEFAULT_TOP_K, "--top-k", "-k", min=1, max=MAX_TOP_K, help="Matches per query at most."),
     model: Optional[str] = ModelOpt,
     batch_size: int = BatchOpt,
     workers: Optional[int] = WorkersOpt,
@@ -129,9 +162,17 @@ def query(
     whiten_dim: Optional[int] = WhitenDimOpt,
     beta: Optional[float] = BetaOpt,
 ) -> None:
-    """Match every image of FOLDER against the index; writes OUTPUT/matches.csv and OUTPUT/report.html."""
+    """Match every image of FOLDER against the index; writes OUTPUT/matches.csv and OUTPUT/report.html.
+
+    Examples:
+
+    copyscan query ./uploads
+
+    copyscan query ./uploads --index ./refs-index -t 0.6 -k 10 -o ./matches
+    """
     s = _run(api.query_folder, folder, index_dir, output, threshold, top_k, model, batch_size, workers, device.value, not quiet,
              post=_post(background, whiten, score_norm, whiten_dim, beta))
+    _print_notes(s.notes)
     out.print(f"[bold]{s.queries}[/] queries, [bold]{s.with_match}[/] with a match, {s.matches} matches in all ({s.seconds:.1f} s)")
     _print_skipped(s.skipped, None)
     out.print(f"matches: {_esc(s.csv_path)}")
@@ -142,8 +183,8 @@ def query(
 @app.command()
 def dedupe(
     folder: Path = DirArg,
-    output: Path = typer.Option(Path("copyscan-dedupe"), "--output", "-o", help="Folder for groups.csv, groups.json and report.html."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Two images are copies when their score is at least this [default: 0.75, or the index's with post-processing].", show_default=False),
+    output: Path = typer.Option(Path("copyscan-dedupe"), "--output", "-o", help="Folder for groups.csv, groups.json and report.html (created if missing)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Two images are copies when their score is at least this: a cosine similarity, -1 to 1 (wider with score normalisation) \\[default: 0.75, or the index's suggested threshold with score normalisation].", show_default=False),
     index_dir: Optional[Path] = IndexOpt,
     model: Optional[str] = ModelOpt,
     batch_size: int = BatchOpt,
@@ -156,7 +197,14 @@ def dedupe(
     whiten_dim: Optional[int] = WhitenDimOpt,
     beta: Optional[float] = BetaOpt,
 ) -> None:
-    """Find groups of copies inside FOLDER and choose the image to keep in each. Nothing is moved or deleted."""
+    """Find groups of copies inside FOLDER and choose the image to keep in each. Nothing is moved or deleted.
+
+    Examples:
+
+    copyscan dedupe ./photos
+
+    copyscan dedupe ./photos --threshold 0.65 --output ./dupes
+    """
     s = _run(api.dedupe, folder, output, threshold, index_dir, model, batch_size, workers, device.value, not quiet,
              post=_post(background, whiten, score_norm, whiten_dim, beta))
     _print_index_summary(s.index)
@@ -171,20 +219,35 @@ def dedupe(
 
 @app.command()
 def models() -> None:
-    """List the registered descriptor models."""
-    from rich.table import Column
+    """List the registered descriptor models.
 
-    # Names are what users type: never wrapped, whatever the terminal's width.
-    table = Table(Column("name", no_wrap=True), "dim", "input", "licence", "needs", "description")
-    for m in list_models():
+    Examples:
+
+    copyscan models
+
+    copyscan index ./refs --model lite0_gem
+    """
+    import shutil
+    import textwrap
+
+    # One block per model, wrapped to the terminal: a table squeezed into 80 columns cut almost
+    # every cell ("Apache-...", "copysca..."). Names are what users type: never wrapped.
+    width = max(40, shutil.get_terminal_size((100, 24)).columns)
+    for i, m in enumerate(list_models()):
         name = f"{m.name} (default)" if m.name == DEFAULT_MODEL else m.name
-        table.add_row(name, str(m.dim), str(m.input_size), m.license, m.requires, m.description)
-    out.print(table)
+        if i:
+            out.print()
+        out.print(f"[bold]{_esc(name)}[/]")
+        for text in (f"{m.dim}-d descriptor, {m.input_size} px input; licence: {m.license}", m.description,
+                     f"needs: {m.requires}" if m.requires else ""):
+            for line in textwrap.wrap(text, width - 1, initial_indent="  ", subsequent_indent="    ",
+                                      break_long_words=False, break_on_hyphens=False):
+                out.print(_esc(line))
 
 
 def _opt(default_note: str, *names: str, **kw):
     """A training option whose default comes from the recipe, else from TrainConfig."""
-    return typer.Option(None, *names, help=f"{kw.pop('help')} [default: {default_note}]", show_default=False, **kw)
+    return typer.Option(None, *names, help=f"{kw.pop('help')} \\[default: {default_note}]", show_default=False, **kw)
 
 
 @app.command()
@@ -207,8 +270,8 @@ def train(
     seed: Optional[int] = _opt("0", "--seed", help="Seed of the data order, the views and the projector."),
     projector_init: Optional[str] = _opt("random", "--projector-init", help="random, or pca: the top principal axes of the trunk's features (a pretrained trunk starts where it already is)."),
     pca_images: Optional[int] = _opt("1024", "--pca-images", help="Photos the PCA projector init looks at."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="TOML file of settings (see training/); options given here win."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped \\[default: off: a new run].", show_default=False),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="TOML file of settings (see training/); options given here win \\[default: none].", show_default=False),
     teacher_cache: Optional[Path] = _opt("none", "--teacher-cache", help="Folder from `copyscan cache-teacher`: read the teacher's embeddings instead of running it."),
     queue_size: Optional[int] = _opt("65536", "--queue-size", help="MoCo queue of keys (capped below the number of images)."),
     bank_size: Optional[int] = _opt("65536", "--bank-size", help="Relational-distillation bank."),
@@ -232,6 +295,14 @@ def train(
     The result, OUTPUT/model.safetensors, works as is with `copyscan index --model`. Under
     torchrun (`torchrun --nproc-per-node N -m copyscan train ...`) each process trains on its
     share of every batch (DDP).
+
+    Examples:
+
+    copyscan train ./photos --teacher sscd_r50 --dim 128 --steps 2000 -o ./run
+
+    copyscan train ./photos -o ./run --resume
+
+    copyscan index ./refs --model ./run/model.safetensors
     """
     from .train import build_config
     from .train import train as run_training
@@ -278,7 +349,7 @@ def _ask_for_photos(config) -> None:
 def cache_teacher_cmd(
     data_dir: Path = typer.Argument(..., help="The training photos (the same folder `train` will use).", show_default=False),
     teacher: str = typer.Option("sscd_r50", "--teacher", help="sscd_r50, sscd_r50_int8 or a model file."),
-    output: Path = typer.Option(..., "--output", "-o", help="Cache folder, for `train --teacher-cache`."),
+    output: Path = typer.Option(..., "--output", "-o", help="Cache folder, for `train --teacher-cache` (required)."),
     views: int = typer.Option(1, "--views", "--epochs", min=1, help="Query views per image (one per epoch; later epochs reuse them)."),
     image_size: int = typer.Option(224, "--image-size", help="Must equal train's --image-size."),
     seed: int = typer.Option(0, "--seed", help="Must equal train's --seed."),
@@ -290,6 +361,12 @@ def cache_teacher_cmd(
     """Compute the teacher's embeddings of the training views ahead, so a slow teacher never holds training up.
 
     Interrupted, the same command continues where it stopped.
+
+    Examples:
+
+    copyscan cache-teacher ./photos --teacher sscd_r50 -o ./teacher-cache
+
+    copyscan train ./photos --teacher-cache ./teacher-cache -o ./run
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -312,17 +389,24 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("speed")
 def bench_speed(
     folder: Path = DirArg,
-    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="Model to measure; repeat to compare models (measured alternately)."),
+    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help=f"Model to measure; repeat to compare models (measured alternately) \\[default: {DEFAULT_MODEL}].", show_default=False),
     limit: int = typer.Option(1000, "--limit", "-n", min=1, help="Images of the folder to use (the first, by path)."),
     repeats: int = typer.Option(3, "--repeats", "-r", min=1, help="Measurements per stage and model; medians are shown."),
     stages: str = typer.Option(",".join(SPEED_STAGES), "--stages", help="Comma-separated subset of discover,decode,model,store,index."),
     batch_size: int = BatchOpt,
     workers: Optional[int] = WorkersOpt,
     device: Device = typer.Option(Device.cpu, "--device", help="Where the model runs."),
-    profile: Optional[Path] = typer.Option(None, "--profile", help="Write a cProfile listing of the first `index` run here."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    profile: Optional[Path] = typer.Option(None, "--profile", help="Write a cProfile listing of the first `index` run to this file \\[default: none].", show_default=False),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table \\[default: off].", show_default=False),
 ) -> None:
-    """Images/s of each stage alone (discover, decode + resize, model, store) and of `index` end to end."""
+    """Images/s of each stage alone (discover, decode + resize, model, store) and of `index` end to end.
+
+    Examples:
+
+    copyscan bench speed ../shared/data/imagenet-sample -n 500
+
+    copyscan bench speed ./photos -m copyscan_lite0_128 -m lite0_gem --json
+    """
     from .speed import bench_speed as run_bench, format_table, ratios
 
     chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
@@ -365,17 +449,24 @@ def bench_synth(
     src: Path = typer.Argument(..., metavar="SRC", help="Folder of photos to build the benchmark from (searched recursively).", show_default=False),
     out_dir: Path = typer.Argument(..., metavar="OUT", help="Benchmark folder to create (absent or empty).", show_default=False),
     references: Optional[int] = typer.Option(None, "--references", "-n", help="Reference photos \\[default: up to 1000, leaving SRC's share for the distractors]."),
-    copy_fraction: float = typer.Option(0.5, "--copy-fraction", help="Share of the references that get an edited copy among the queries."),
+    copy_fraction: float = typer.Option(0.5, "--copy-fraction", help="Share of the references that get an edited copy among the queries (0 to 1)."),
     distractors: Optional[int] = typer.Option(None, "--distractors", help="Edited photos that are no reference's copy, among the queries \\[default: as many as copies]."),
     distractor_source: Optional[Path] = typer.Option(None, "--distractor-source", help="Folder to take the distractors from \\[default: held out of SRC]."),
     edits: Optional[str] = typer.Option(None, "--edits", help=f"Comma-separated edits to draw from \\[default: all]: {', '.join(EDIT_NAMES)}."),
     difficulty: SynthDifficulty = typer.Option(SynthDifficulty.mixed, "--difficulty", help="How many and how strong edits a query gets; mixed draws one level per query."),
     seed: int = typer.Option(0, "--seed", help="The same seed and options give byte-identical files."),
     max_side: int = typer.Option(512, "--max-side", help="Longest side of the written images, in pixels."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a benchmark already in OUT."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a benchmark already in OUT \\[default: off].", show_default=False),
     quiet: bool = QuietOpt,
 ) -> None:
-    """Make a copy-detection benchmark: OUT/references/, OUT/queries/, gt.csv, labels.csv, bench.json."""
+    """Make a copy-detection benchmark: OUT/references/, OUT/queries/, gt.csv, labels.csv, bench.json.
+
+    Examples:
+
+    copyscan bench synth ./photos ./bench
+
+    copyscan bench synth ./photos ./bench-hard --difficulty hard --references 500 --seed 1
+    """
     from .synth import synthesize
 
     s = _run(
@@ -395,11 +486,18 @@ def bench_synth(
 def export(
     model: str = typer.Argument(DEFAULT_MODEL, help="Registered model name or model file to export."),
     output: Path = typer.Option(..., "--output", "-o", help="The .onnx file to write."),
-    int8: bool = typer.Option(False, "--int8", help="Quantise the convolutions to int8 (static, calibrated)."),
-    calibration: Optional[Path] = typer.Option(None, "--calibration", help="Folder of photos to calibrate int8 on [default: synthetic pictures]."),
+    int8: bool = typer.Option(False, "--int8", help="Quantise the convolutions to int8 (static, calibrated) \\[default: off: fp32].", show_default=False),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="Folder of photos to calibrate int8 on \\[default: synthetic pictures].", show_default=False),
     calibration_images: int = typer.Option(128, "--calibration-images", min=1, help="Calibration images to use."),
 ) -> None:
-    """Export a model to ONNX (uint8 pixels in, descriptor out) for onnxruntime; usable as --model FILE."""
+    """Export a model to ONNX (uint8 pixels in, descriptor out) for onnxruntime; usable as --model FILE.
+
+    Examples:
+
+    copyscan export copyscan_lite0_128 -o lite0.onnx
+
+    copyscan export ./run/model.safetensors -o model-int8.onnx --int8 --calibration ./photos
+    """
     from .export import export_onnx
 
     r = _run(export_onnx, model, output, int8, calibration, calibration_images)
@@ -412,10 +510,10 @@ def calibrate(
     folder: Path = DirArg,
     model: Optional[str] = ModelOpt,
     sample: int = typer.Option(100, "--sample", "-n", min=2, help="Photos of the folder to sample."),
-    edits: Optional[str] = typer.Option(None, "--edits", help="Comma-separated edits to test [default: all but rotate90, vflip]."),
+    edits: Optional[str] = typer.Option(None, "--edits", help="Comma-separated edits to test \\[default: all but rotate90, vflip].", show_default=False),
     difficulty: str = typer.Option("medium", "--difficulty", help="easy, medium or hard edits."),
-    precision: Optional[list[float]] = typer.Option(None, "--precision", "-p", help="Target precision; repeatable [default: 0.99 and 0.9]."),
-    threshold: float = typer.Option(api.DEFAULT_THRESHOLD, "--threshold", "-t", help="A threshold to report as well."),
+    precision: Optional[list[float]] = typer.Option(None, "--precision", "-p", help="Target precision (0 to 1); repeatable \\[default: 0.99 and 0.9].", show_default=False),
+    threshold: float = typer.Option(api.DEFAULT_THRESHOLD, "--threshold", "-t", help="A threshold (cosine) to report as well."),
     output: Path = typer.Option(Path("copyscan-calibrate"), "--output", "-o", help="Folder for report.html, calibration.json, scores.csv."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample and the edits."),
     batch_size: int = BatchOpt,
@@ -423,7 +521,14 @@ def calibrate(
     device: Device = DeviceOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Pick a threshold from your own photos: edited copies of a sample against the rest, at a named precision."""
+    """Pick a threshold from your own photos: edited copies of a sample against the rest, at a named precision.
+
+    Examples:
+
+    copyscan calibrate ./photos
+
+    copyscan calibrate ./photos -n 300 -p 0.995 --edits crop,jpeg,text -o ./calibration
+    """
     from .calibrate import DEFAULT_PRECISIONS, calibrate as run_calibration, write_outputs
 
     names = [e.strip() for e in edits.split(",")] if edits else None
@@ -460,12 +565,12 @@ def calibrate(
 @app.command("eval")
 def eval_cmd(
     bench_dir: Optional[Path] = typer.Argument(None, metavar="[BENCH_DIR]", help="Benchmark folder (from `copyscan bench synth`) to index, query and score.", show_default=False),
-    gt: Optional[Path] = typer.Option(None, "--gt", help="Ground truth CSV: query_id,reference_id (empty reference_id: no copy).", show_default=False),
-    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Predictions CSV: query_id,reference_id,score.", show_default=False),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for matches.csv, predictions.csv, metrics.json [default: BENCH_DIR-eval beside it].", show_default=False),
-    index_dir: Optional[Path] = typer.Option(None, "--index-dir", "--index", help="Index of the references [default: OUTPUT/index]; reused (incrementally) across runs.", show_default=False),
-    top_k: int = typer.Option(10, "--top-k", "-k", min=1, help="Predictions per query."),
+    gt: Optional[Path] = typer.Option(None, "--gt", help="Ground truth CSV: query_id,reference_id (empty reference_id: no copy); with --predictions \\[default: none: score BENCH_DIR].", show_default=False),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Predictions CSV: query_id,reference_id,score; with --gt \\[default: none: score BENCH_DIR].", show_default=False),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text \\[default: off].", show_default=False),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for matches.csv, predictions.csv, metrics.json \\[default: BENCH_DIR-eval beside it].", show_default=False),
+    index_dir: Optional[Path] = typer.Option(None, "--index-dir", "--index", help="Index of the references; reused (incrementally) across runs \\[default: OUTPUT/index].", show_default=False),
+    top_k: int = typer.Option(10, "--top-k", "-k", min=1, max=MAX_TOP_K, help="Predictions per query."),
     model: Optional[str] = ModelOpt,
     background: Optional[Path] = BackgroundOpt,
     whiten: Optional[bool] = WhitenOpt,
@@ -481,6 +586,12 @@ def eval_cmd(
 
     Either --gt GT.csv --predictions PRED.csv, or BENCH_DIR: its references are indexed, its
     queries searched (top-k, any score) and scored, with a table per kind of edit.
+
+    Examples:
+
+    copyscan eval ./bench
+
+    copyscan eval --gt gt.csv --predictions predictions.csv --json
     """
     import json
 
@@ -521,9 +632,15 @@ def eval_cmd(
         out.print(f"predictions: {_esc(bench_run.predictions_path)}\nmetrics:     {_esc(bench_run.metrics_path)}")
 
 
+def _print_notes(notes: list[str]) -> None:
+    for note in notes:
+        err.print(f"[yellow]note:[/] {_esc(note)}")
+
+
 def _print_index_summary(s: api.IndexSummary | None) -> None:
     if s is None:
         return
+    _print_notes(s.notes)
     rate = f", {s.rate:.1f} images/s" if s.embedded else ""
     out.print(
         f"index [bold]{_esc(s.index_dir)}[/] ({s.model}, {s.faiss}): {s.found} images found, "
@@ -551,7 +668,7 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version.")) -> None:
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit.")) -> None:
     pass
 
 

@@ -38,6 +38,16 @@ def default_workers(gpu: bool = False) -> int:
     return max(1, min(8, cores))
 
 
+def start_worker(parent_pid: int, niceness: int, _worker_id: int = 0) -> None:
+    """DataLoader worker start-up: end with the parent (kill -9 of `copyscan index` must not
+    leave decoders running), then step aside for the model (`niceness`, 0 on a GPU)."""
+    from .lifeline import die_with_parent
+
+    die_with_parent(parent_pid)
+    if niceness:
+        lower_priority(niceness)
+
+
 def lower_priority(niceness: int, _worker_id: int = 0) -> None:
     """DataLoader worker start-up: add `niceness` to this process's; never fails the run."""
     try:
@@ -101,7 +111,7 @@ def embed_entries(
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
         # On a GPU the decoders are the pipeline's limit and keep their full priority.
-        worker_init_fn=partial(lower_priority, CPU_DECODE_NICENESS) if model.device.type == "cpu" else None,
+        worker_init_fn=partial(start_worker, os.getpid(), CPU_DECODE_NICENESS if model.device.type == "cpu" else 0),
     )
     for indices, pixels, metas, bad in loader:
         rows = []

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -176,8 +175,8 @@ def evaluate_bench(
     if others:
         raise UserError(f"the index {index_dir} also holds {others[0]}: its images would be scored as wrong "
                         "references; use a fresh --index-dir")
-    # -inf keeps every top-k match: normalised scores can fall below -1.
-    queried = api.query_folder(query_root, index_dir, out, -math.inf, top_k, None, batch_size, workers, device,
+    # -1 keeps every top-k match, normalised scores below -1 too.
+    queried = api.query_folder(query_root, index_dir, out, -1.0, top_k, None, batch_size, workers, device,
                                progress, report=False)
     predictions = _predictions_from_matches(out / "matches.csv", query_root, ref_root)
     try:

@@ -17,6 +17,7 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 from .decode import load_thumbnail
+from .oserrors import remove_quietly, writing
 from .results import MATCH_IDENTICAL_FILE, MATCH_IDENTICAL_PIXELS, MATCH_NEAR, Group, QueryResult
 
 THUMB_DIR = "thumbs"
@@ -91,40 +92,48 @@ def _thumb_name(path: str, thumb_size: int) -> str | None:
     return hashlib.blake2b(key, digest_size=16).hexdigest() + ".jpg"
 
 
-def _make_thumb(path: str, thumb_dir: pathlib.Path, thumb_size: int) -> str | None:
-    """Relative src of the thumbnail, or None where the file cannot be previewed."""
+def _make_thumb(path: str, thumb_dir: pathlib.Path, thumb_size: int, made: list[pathlib.Path]) -> str | None:
+    """Relative src of the thumbnail, or None where the file cannot be previewed. A thumbnail this
+    call writes is added to `made`; failing to write one (a full disk) raises: the report fails."""
     name = _thumb_name(path, thumb_size)
     if name is None:
         return None
     target = thumb_dir / name
     if target.is_file():
         return f"{THUMB_DIR}/{name}"
-    tmp = None
     try:
         img = load_thumbnail(path, thumb_size)
-        # A unique temporary name then os.replace: a reader (or another run) never sees half a JPEG.
-        fd, tmp = tempfile.mkstemp(dir=thumb_dir, prefix=".tmp-", suffix=".jpg")
+    except Exception:  # anything a user's file throws: show a placeholder
+        return None
+    # A unique temporary name then os.replace: a reader (or another run) never sees half a JPEG.
+    fd, tmp = tempfile.mkstemp(dir=thumb_dir, prefix=".tmp-", suffix=".jpg")
+    try:
         with os.fdopen(fd, "wb") as fh:
             img.save(fh, "JPEG", quality=82)
         os.replace(tmp, target)
-        return f"{THUMB_DIR}/{name}"
-    except Exception:  # anything a user's file (or a full disk) throws: show a placeholder
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        return None
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    made.append(target)
+    return f"{THUMB_DIR}/{name}"
 
 
-def _thumbs(paths: list[str], out_dir: pathlib.Path, thumb_size: int) -> dict[str, str | None]:
+def _thumbs(paths: list[str], out_dir: pathlib.Path, thumb_size: int, made: list[pathlib.Path]) -> dict[str, str | None]:
     thumb_dir = out_dir / THUMB_DIR
-    thumb_dir.mkdir(parents=True, exist_ok=True)
+    with writing(thumb_dir, "--output"):
+        thumb_dir.mkdir(parents=True, exist_ok=True)
     unique = list(dict.fromkeys(paths))
     # Decoding releases the GIL in Pillow, so a few threads go several times faster.
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
-        srcs = pool.map(lambda p: _make_thumb(p, thumb_dir, thumb_size), unique)
-        return dict(zip(unique, srcs))
+    try:
+        with writing(thumb_dir, "--output"), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
+            return dict(zip(unique, pool.map(lambda p: _make_thumb(p, thumb_dir, thumb_size, made), unique)))
+    except BaseException:
+        remove_quietly(*made)  # (the pool has finished: nothing is added after this)
+        try:
+            thumb_dir.rmdir()  # only if nothing else is in it
+        except OSError:
+            pass
+        raise
 
 
 def _card(path: str, src: str | None, body: str, cls: str = "") -> str:
@@ -156,12 +165,18 @@ def _page(title: str, summary: dict[str, object], notes: list[str], body: list[s
     )
 
 
-def _write(out_dir: pathlib.Path, text: str) -> pathlib.Path:
+def _write(out_dir: pathlib.Path, text: str, made: list[pathlib.Path]) -> pathlib.Path:
+    """report.html via a temporary file; if that fails, the thumbnails this report made go too."""
     target = out_dir / "report.html"
     tmp = out_dir / f".report.html.{os.getpid()}.tmp"
-    # errors="replace" is a last guard: all text is already made valid by _text().
-    tmp.write_text(text, encoding="utf-8", errors="replace")
-    os.replace(tmp, target)
+    try:
+        with writing(target, "--output"):
+            # errors="replace" is a last guard: all text is already made valid by _text().
+            tmp.write_text(text, encoding="utf-8", errors="replace")
+            os.replace(tmp, target)
+    except BaseException:
+        remove_quietly(tmp, *made)
+        raise
     return target
 
 
@@ -182,11 +197,13 @@ def write_query_report(
     thumb_size: int = 192,
 ) -> pathlib.Path:
     out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out, "--output"):
+        out.mkdir(parents=True, exist_ok=True)
+    made: list[pathlib.Path] = []  # thumbnails this report writes, removed again if it fails
     # Queries with a match first, best score first; sorted() is stable, so the rest keep their order.
     ordered = sorted(results, key=lambda r: -max((m.score for m in r.matches), default=float("-inf")))
     shown = ordered[: max(0, max_items)]
-    srcs = _thumbs([p for r in shown for p in [r.query_path, *(m.reference_path for m in r.matches)]], out, thumb_size)
+    srcs = _thumbs([p for r in shown for p in [r.query_path, *(m.reference_path for m in r.matches)]], out, thumb_size, made)
     body = []
     for r in shown:
         size = f'<div class="meta">{r.width} x {r.height}</div>' if r.width and r.height else ""
@@ -200,7 +217,7 @@ def write_query_report(
     with_match = sum(1 for r in results if r.matches)
     notes = [f"{with_match} of {len(results)} queries have at least one match."]
     notes += _left_out(len(results), len(shown), "queries", "matches.csv")
-    return _write(out, _page("copyscan: matches", summary, notes, body, thumb_size))
+    return _write(out, _page("copyscan: matches", summary, notes, body, thumb_size), made)
 
 
 def write_dedupe_report(
@@ -211,9 +228,11 @@ def write_dedupe_report(
     thumb_size: int = 192,
 ) -> pathlib.Path:
     out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out, "--output"):
+        out.mkdir(parents=True, exist_ok=True)
+    made: list[pathlib.Path] = []  # thumbnails this report writes, removed again if it fails
     shown = groups[: max(0, max_items)]
-    srcs = _thumbs([m.path for g in shown for m in g.members], out, thumb_size)
+    srcs = _thumbs([m.path for g in shown for m in g.members], out, thumb_size, made)
     body = []
     for g in shown:
         cards = []
@@ -233,4 +252,4 @@ def write_dedupe_report(
     n_copies = sum(len(g.members) - 1 for g in groups)
     notes = [f"{len(groups)} groups, {n_copies} copies in all."]
     notes += _left_out(len(groups), len(shown), "groups", "groups.csv")
-    return _write(out, _page("copyscan: duplicates", summary, notes, body, thumb_size))
+    return _write(out, _page("copyscan: duplicates", summary, notes, body, thumb_size), made)

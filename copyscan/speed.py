@@ -282,7 +282,8 @@ def _prepare_store(spec, files):
     from .models import create_model
     from .store import IndexStore, Row, rows_to_table
 
-    dim = create_model(spec["model"], device="cpu", runtime="torch").dim
+    info = create_model(spec["model"], device="cpu", runtime="torch").info
+    dim = info.dim
     n = len(files)
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((n, dim)).astype(np.float32)
@@ -292,7 +293,7 @@ def _prepare_store(spec, files):
 
     def work():
         for start in range(0, n, SHARD_ROWS):
-            store.write_shard(store.next_shard_number(), rows_to_table(rows[start:start + SHARD_ROWS], vectors[start:start + SHARD_ROWS]))
+            store.write_shard(store.next_shard_number(), rows_to_table(rows[start:start + SHARD_ROWS], vectors[start:start + SHARD_ROWS]), info)
         table = store.read_table(["descriptor"])
         index = ann.build_index(vectors[: table.num_rows], ann.choose_index(n, dim))
         for start in range(0, n, ann.SEARCH_BATCH):

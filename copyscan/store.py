@@ -1,7 +1,10 @@
 """Stage 4: the index folder on disk.
 
-    IDX/manifest.json          what built it (model, checksum, dimension, preprocessing) and counts
-    IDX/shards/part-NNNNNN.parquet   one row per image: path, size, mtime, hashes, descriptor
+    IDX/manifest.json          what built it (model, checksum, dimension, preprocessing), counts,
+                               and the list of live shards: a shard not listed is never read
+    IDX/shards/part-NNNNNN.parquet   one row per image: path, size, mtime, hashes, descriptor; its
+                               Parquet metadata names the model (see index_recovery.py), so a
+                               lost or damaged manifest is rebuilt from the shards
     IDX/skipped.csv            files that could not be used, with the reason
     IDX/index.faiss            the search index over all live rows (see ann.py)
     IDX/copyscan.lock          held by the one process writing
@@ -10,7 +13,8 @@ Every file is written to a temporary name, fsynced and renamed, so a killed run 
 the old file or the new one. Shards are immutable once written except for compaction, which
 rewrites one in place atomically. When a path appears in several shards (a changed file
 re-embedded), the row in the highest-numbered shard is the live one; compaction later drops
-the older rows. The manifest is derived data, written last.
+the older rows. A new shard is listed in the manifest right after it is renamed into place; a
+writer killed in between leaves it unlisted, and the next writer adopts it (see `lock`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -31,11 +35,15 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from .discover import Skipped, display_path, under
-from .models.base import ModelInfo
+from .oserrors import is_user_fixable, remove_quietly, writing
 
 FORMAT = "copyscan-index"
 FORMAT_VERSION = 1
 SHARD_RE = re.compile(r"^part-(\d{6,})\.parquet$")
+if TYPE_CHECKING:
+    from .models.base import ModelInfo
+
+SHARD_META_KEY = b"copyscan"  # Parquet key-value metadata of a shard: the model's identity (JSON)
 
 
 class IndexError_(RuntimeError):
@@ -67,18 +75,28 @@ class Row:
     height: int
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+def atomic_write_bytes(path: Path, data: bytes, where: str = "--index-dir") -> None:
+    """Write via a temporary file, fsync, rename. A full disk or a write-protected folder ends
+    in a WriteError naming `path` (with `where`, the option that chose the folder), and the
+    temporary file is gone either way."""
+    atomic_write(path, lambda fh: fh.write(data), where)
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object], where: str = "--index-dir") -> None:
+    """atomic_write_bytes for content that `write(fh)` streams (a FAISS index, never all in memory)."""
+    tmp = None
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with writing(path, where):
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None and os.path.exists(tmp):
+            remove_quietly(tmp)
     _fsync_dir(path.parent)
 
 
@@ -118,24 +136,56 @@ class IndexStore:
         self.skipped_path = self.folder / "skipped.csv"
         self.faiss_path = self.folder / "index.faiss"
         self._lock: FileLock | None = None
+        # Set by `lock` when the folder cannot be written at all (a read-only disk, a protected
+        # folder): a run with nothing to change still works; one that must write fails there.
+        self.read_only = False
+        self.notes: list[str] = []  # what a reader should be told (a manifest rebuilt from the shards)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     def exists(self) -> bool:
-        return self.manifest_path.exists()
+        # Shards without a manifest are an index too: its manifest is rebuilt from them.
+        return self.manifest_path.exists() or bool(self.shard_files())
 
     def lock(self, timeout: float = 0.0) -> None:
-        """Take the writer's lock; a second writer fails fast with a clear message."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(str(self.folder / "copyscan.lock"))
+        """Take the writer's lock; a second writer fails fast with a clear message.
+
+        Holding it, the writer tidies what a killed writer left: temporary files, shards written
+        but not yet listed in the manifest (adopted when they hold this index's model), and a
+        lost or damaged manifest (rebuilt from the shards)."""
         try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._lock = FileLock(str(self.folder / "copyscan.lock"))
             self._lock.acquire(timeout=timeout)
         except Timeout:
             self._lock = None
             raise IndexError_(
                 f"another copyscan process is writing to {self.folder}; wait for it to finish and run this again"
             ) from None
-        self._remove_leftover_temp_files()
+        except OSError as exc:
+            self._lock = None
+            if not is_user_fixable(exc) or not (self.folder.is_dir() and self.exists()):
+                with writing(self.folder, "--index-dir"):
+                    raise
+            # Nobody can write here, so nobody else is writing either: go on reading.
+            self.read_only = True
+            return
+        try:
+            self._remove_leftover_temp_files()
+            self._repair()
+        except BaseException:
+            self.unlock()
+            raise
+
+    def _repair(self) -> None:
+        if not self.exists():
+            return
+        from .index_recovery import adopt_orphans, manifest_problem
+
+        if manifest_problem(self) is not None:
+            manifest = self.read_manifest()  # rebuilt from the shards (or refused: other models)
+            self._write_manifest_doc(manifest)
+        adopt_orphans(self)
 
     def _remove_leftover_temp_files(self) -> None:
         # Holding the lock, any temporary file here belongs to a writer that was killed mid-write
@@ -153,13 +203,33 @@ class IndexStore:
             self._lock.release()
             self._lock = None
 
-    def read_manifest(self) -> dict[str, Any]:
+    def discard_if_empty(self, remove_folder: bool) -> None:
+        """After a new index failed before its first shard: remove the files it began with, then
+        let go of the lock (call holding it). Nothing is removed once a shard exists: saved work."""
+        if self._lock is None or self.shard_files():
+            self.unlock()
+            return
+        for name in ("manifest.json", "skipped.csv", "index.faiss"):
+            remove_quietly(self.folder / name)
         try:
-            manifest = json.loads(self.manifest_path.read_text())
-        except FileNotFoundError:
-            raise IndexError_(f"no copyscan index at {self.folder}: build one with `copyscan index DIR`") from None
-        except (OSError, ValueError) as exc:
-            raise IndexError_(f"{self.manifest_path} is unreadable ({exc}); rebuild the index into a new folder") from None
+            self.shard_dir.rmdir()
+        except OSError:
+            pass  # not there, or not empty
+        self.unlock()
+        if remove_folder and [p.name for p in self.folder.iterdir()] == ["copyscan.lock"]:
+            remove_quietly(self.folder / "copyscan.lock")
+            try:
+                self.folder.rmdir()
+            except OSError:
+                pass  # another run has just begun here
+
+    def read_manifest(self) -> dict[str, Any]:
+        from .index_recovery import manifest_problem, recover_manifest
+
+        problem = manifest_problem(self)
+        if problem is not None:
+            return recover_manifest(self, problem)
+        manifest = json.loads(self.manifest_path.read_text())
         if manifest.get("format") != FORMAT:
             raise IndexError_(f"{self.folder} is not a copyscan index (no '{FORMAT}' manifest)")
         if int(manifest.get("format_version", 0)) != FORMAT_VERSION:
@@ -182,23 +252,59 @@ class IndexStore:
 
     # ---- shards -----------------------------------------------------------------------------
 
-    def shard_paths(self) -> list[Path]:
+    def shard_files(self) -> list[Path]:
+        """Every shard file on disk, listed in the manifest or not, in number order."""
         if not self.shard_dir.is_dir():
             return []
         shards = [p for p in self.shard_dir.iterdir() if SHARD_RE.match(p.name)]
-        return sorted(shards, key=lambda p: int(SHARD_RE.match(p.name).group(1)))
+        return sorted(shards, key=shard_number)
+
+    def shard_paths(self) -> list[Path]:
+        """The live shards: those the manifest lists (all on disk for a manifest from before lists)."""
+        files = self.shard_files()
+        if not files:
+            return []
+        listed = self.read_manifest().get("shards")
+        if listed is None:
+            return files
+        names = set(listed)
+        return [p for p in files if p.name in names]
 
     def next_shard_number(self) -> int:
-        shards = self.shard_paths()
-        return int(SHARD_RE.match(shards[-1].name).group(1)) + 1 if shards else 0
+        # Above every file on disk, listed or not: an unlisted one is never overwritten.
+        shards = self.shard_files()
+        return shard_number(shards[-1]) + 1 if shards else 0
 
-    def write_shard(self, number: int, table: pa.Table) -> Path:
-        self.shard_dir.mkdir(parents=True, exist_ok=True)
+    def write_shard(self, number: int, table: pa.Table, info: ModelInfo) -> Path:
+        """Write a shard (carrying `info`, the model's identity, in its metadata) and list it in
+        the manifest. If it cannot be listed it is removed again: never a shard nobody reads."""
+        with writing(self.shard_dir, "--index-dir"):
+            self.shard_dir.mkdir(parents=True, exist_ok=True)
         target = self.shard_dir / f"part-{number:06d}.parquet"
+        meta = dict(table.schema.metadata or {})
+        meta[SHARD_META_KEY] = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **identity_of(info)}).encode()
+        table = table.replace_schema_metadata(meta)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         atomic_write_bytes(target, sink.getvalue().to_pybytes())
+        if self.manifest_path.exists():
+            listing = [*(p.name for p in self.shard_paths()), target.name]
+            try:
+                self._set_listing(listing)
+            except KeyboardInterrupt:
+                # The shard is whole and its rows have left the caller's buffer: finish listing
+                # it (a few ms), then let Ctrl-C through; the run stops with this work saved.
+                self._set_listing(listing)
+                raise
+            except Exception:
+                remove_quietly(target)
+                raise
         return target
+
+    def _set_listing(self, names: list[str]) -> None:
+        manifest = self.read_manifest()
+        manifest["shards"] = sorted(set(names), key=lambda n: int(SHARD_RE.match(n).group(1)))
+        self._write_manifest_doc(manifest)
 
     def read_table(self, columns: list[str] | None = None, root: str | None = None) -> pa.Table:
         """All live rows (latest shard wins for a path), in shard then row order; optionally only under `root`.
@@ -249,12 +355,18 @@ class IndexStore:
                 continue
             dropped += len(keys) - len(keep)
             if keep:
+                # read_table keeps the shard's metadata (the model's identity) in the schema.
                 table = pq.read_table(shard).take(pa.array(keep, type=pa.int64()))
                 sink = pa.BufferOutputStream()
                 pq.write_table(table, sink, compression="zstd")
                 atomic_write_bytes(shard, sink.getvalue().to_pybytes())
             else:
-                shard.unlink()
+                # Unlisted first, then deleted: a kill in between leaves an unlisted shard below
+                # the listed ones, which the next writer deletes (see index_recovery.adopt_orphans).
+                if self.manifest_path.exists():
+                    self._set_listing([p.name for p in self.shard_paths() if p != shard])
+                with writing(shard, "--index-dir"):
+                    shard.unlink()
         return dropped
 
     def shard_fingerprint(self) -> str:
@@ -285,8 +397,17 @@ class IndexStore:
         writer.writerow(["path", "reason", "bytes", "mtime_ns", "path_hex"])
         for s in rows:
             writer.writerow([display_path(s.path), s.reason, s.bytes, s.mtime_ns, os.fsencode(s.path).hex()])
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.skipped_path, buf.getvalue().encode("utf-8"))
+        data = buf.getvalue().encode("utf-8")
+        # Unchanged: not written at all (a run that changes nothing writes nothing; a read-only
+        # index stays usable).
+        try:
+            if self.skipped_path.read_bytes() == data:
+                return
+        except OSError:
+            pass
+        with writing(self.folder, "--index-dir"):
+            self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.skipped_path, data)
 
     # ---- manifest ---------------------------------------------------------------------------
 
@@ -294,29 +415,28 @@ class IndexStore:
         from . import __version__
 
         old = self.read_manifest() if self.exists() else {}
+        listed = [p.name for p in self.shard_paths()] if old else []
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "copyscan_version": __version__,
             "created": old.get("created") or _now(),
             "updated": _now(),
-            "model": {
-                "name": info.name,
-                "weights_sha256": info.weights_sha256,
-                "dim": info.dim,
-                "runtime": info.runtime,
-                "source": info.source,
-            },
-            "preprocessing": info.preprocessing(),
+            **identity_of(info),
             "metric": "inner_product (cosine of L2-normalised descriptors)",
             "counts": counts,
             "roots": sorted(set(roots) | set(old.get("roots", []))),
             "faiss": faiss_meta,
+            "shards": listed,
         }
         if old.get("postprocess"):  # set by set_manifest_entry; kept until switched off there
             manifest["postprocess"] = old["postprocess"]
-        atomic_write_bytes(self.manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+        self._write_manifest_doc(manifest)
         return manifest
+
+    def _write_manifest_doc(self, manifest: dict[str, Any]) -> None:
+        manifest = {k: v for k, v in manifest.items() if k != "recovered"}
+        atomic_write_bytes(self.manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
 
     def set_manifest_entry(self, key: str, value: Any) -> None:
         """Set (or, with None, remove) one top-level entry of an existing manifest."""
@@ -326,7 +446,33 @@ class IndexStore:
         else:
             manifest[key] = value
         manifest["updated"] = _now()
-        atomic_write_bytes(self.manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+        self._write_manifest_doc(manifest)
+
+
+def shard_number(path: Path) -> int:
+    return int(SHARD_RE.match(path.name).group(1))
+
+
+def identity_of(info: ModelInfo) -> dict[str, Any]:
+    """The model's identity as the manifest and every shard's metadata carry it."""
+    return {
+        "model": {
+            "name": info.name,
+            "weights_sha256": info.weights_sha256,
+            "dim": info.dim,
+            "runtime": info.runtime,
+            "source": info.source,
+        },
+        "preprocessing": info.preprocessing(),
+    }
+
+
+def shard_identity(path: Path) -> dict[str, Any] | None:
+    """The identity a shard carries in its Parquet metadata (None: written before shards had one).
+    Reads the footer only; raises OSError / ArrowInvalid for an unreadable file."""
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(SHARD_META_KEY)
+    return json.loads(raw) if raw else None
 
 
 class _StringSink:

@@ -70,8 +70,8 @@ def test_descriptors_of_empty_table():
 
 def test_shards_readable_by_pyarrow_and_pandas(tmp_path):
     store = _store(tmp_path)
-    store.write_shard(0, rows_to_table(_rows(["/p/a.jpg", "/p/b.jpg"]), _desc(2, 1)))
-    store.write_shard(1, rows_to_table(_rows(["/p/c.jpg"]), _desc(1, 2)))
+    store.write_shard(0, rows_to_table(_rows(["/p/a.jpg", "/p/b.jpg"]), _desc(2, 1)), _info())
+    store.write_shard(1, rows_to_table(_rows(["/p/c.jpg"]), _desc(1, 2)), _info())
     shards = store.shard_paths()
     assert [s.name for s in shards] == ["part-000000.parquet", "part-000001.parquet"]
 
@@ -97,8 +97,8 @@ def test_latest_shard_wins_for_a_duplicated_path(tmp_path):
     store = _store(tmp_path)
     old = _desc(2, 1)
     new = _desc(1, 9)
-    store.write_shard(0, rows_to_table(_rows(["/p/a.jpg", "/p/b.jpg"], "old"), old))
-    store.write_shard(1, rows_to_table(_rows(["/p/a.jpg"], "new"), new))
+    store.write_shard(0, rows_to_table(_rows(["/p/a.jpg", "/p/b.jpg"], "old"), old), _info())
+    store.write_shard(1, rows_to_table(_rows(["/p/a.jpg"], "new"), new), _info())
     table = store.read_table()
     assert table.num_rows == 2
     paths = paths_of(table)
@@ -111,9 +111,9 @@ def test_latest_shard_wins_for_a_duplicated_path(tmp_path):
 
 def test_compact_drops_dead_and_superseded_rows_atomically(tmp_path):
     store = _store(tmp_path)
-    store.write_shard(0, rows_to_table(_rows(["/p/a.jpg", "/p/b.jpg", "/p/c.jpg"], "old"), _desc(3, 1)))
-    store.write_shard(1, rows_to_table(_rows(["/p/a.jpg", "/p/d.jpg"], "new"), _desc(2, 2)))
-    store.write_shard(2, rows_to_table(_rows(["/p/e.jpg"], "e"), _desc(1, 3)))
+    store.write_shard(0, rows_to_table(_rows(["/p/a.jpg", "/p/b.jpg", "/p/c.jpg"], "old"), _desc(3, 1)), _info())
+    store.write_shard(1, rows_to_table(_rows(["/p/a.jpg", "/p/d.jpg"], "new"), _desc(2, 2)), _info())
+    store.write_shard(2, rows_to_table(_rows(["/p/e.jpg"], "e"), _desc(1, 3)), _info())
     before = store.read_table()
 
     dropped = store.compact({"/p/b.jpg", "/p/e.jpg"})
@@ -141,7 +141,7 @@ def test_compact_drops_dead_and_superseded_rows_atomically(tmp_path):
 def test_read_table_filters_by_root(tmp_path):
     store = _store(tmp_path)
     paths = ["/photos/a.jpg", "/photos/sub/b.jpg", "/photos2/c.jpg", "/other/d.jpg"]
-    store.write_shard(0, rows_to_table(_rows(paths), _desc(4)))
+    store.write_shard(0, rows_to_table(_rows(paths), _desc(4)), _info())
     assert sorted(paths_of(store.read_table(root="/photos"))) == ["/photos/a.jpg", "/photos/sub/b.jpg"]
     assert paths_of(store.read_table(root="/photos/")) == ["/photos/a.jpg", "/photos/sub/b.jpg"]
     assert paths_of(store.read_table(root="/photos2")) == ["/photos2/c.jpg"]
@@ -153,7 +153,7 @@ def test_read_table_filters_by_root(tmp_path):
 def test_non_utf8_path_round_trips_through_a_shard(tmp_path):
     store = _store(tmp_path)
     weird = os.fsdecode(b"/photos/caf\xe9.jpg")  # latin-1 byte: not valid UTF-8
-    store.write_shard(0, rows_to_table(_rows([weird]), _desc(1)))
+    store.write_shard(0, rows_to_table(_rows([weird]), _desc(1)), _info())
     t = store.read_table()
     assert paths_of(t) == [weird]
     assert t.column("path_bytes").to_pylist() == [b"/photos/caf\xe9.jpg"]
@@ -221,8 +221,8 @@ def test_manifest_of_another_format_or_garbage_is_refused(tmp_path):
     store.manifest_path.write_text(json.dumps({"format": "something-else", "format_version": 1}))
     with pytest.raises(IndexError_, match="not a copyscan index"):
         store.read_manifest()
-    store.manifest_path.write_text("{not json")
-    with pytest.raises(IndexError_, match="unreadable"):
+    store.manifest_path.write_text("{not json")  # damaged, and no shard to rebuild it from
+    with pytest.raises(IndexError_, match="damaged and the index has no shards"):
         store.read_manifest()
 
 

@@ -246,6 +246,10 @@ def test_cli_cache_train_and_index(photos, tiny_model_path, tmp_path):
     assert r.exit_code == 0, r.output
     manifest = json.loads((index / "manifest.json").read_text())
     assert manifest["dim"] == 16 if "dim" in manifest else "16" in json.dumps(manifest)
+    # The run's training state mistaken for the model: told which file to use instead.
+    r = runner.invoke(app, ["index", str(photos), "--model", str(run / "state.pt"), "--index-dir", str(index), "-q"])
+    message = " ".join(r.output.split())
+    assert r.exit_code == 1 and "is a training state" in message and f"use {run / 'model.safetensors'}" in message
 
 
 def test_cli_refuses_a_cache_of_other_settings(photos, tiny_model_path, tmp_path):

@@ -72,6 +72,9 @@ def load_model_file(path: str, device: str = "auto") -> DescriptorModel:
     if lower.endswith(".onnx"):
         return OnnxDescriptor(path, name)
     if lower.endswith((".pt", ".pth", ".torchscript")):
+        from .training_state import refuse_training_state
+
+        refuse_training_state(path)
         return load_torchscript(path, name, device)
     raise ModelUnavailable(f"{path}: unknown model file type (expected .safetensors, .pt or .onnx)")
 
