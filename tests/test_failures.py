@@ -372,7 +372,7 @@ def _alive(pid: int) -> bool:
 def test_decode_workers_exit_when_index_is_killed(tmp_path, tiny_model_path):
     for i in range(400):
         make_photo(tmp_path / "photos" / f"p{i:03d}.jpg", size=(96, 72), seed=i)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "COPYSCAN_FLUSH_ROWS": "4"}
     env.pop("COPYSCAN_DEBUG", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "copyscan", "index", str(tmp_path / "photos"), "--index-dir", str(tmp_path / "idx"),
@@ -381,10 +381,14 @@ def test_decode_workers_exit_when_index_is_killed(tmp_path, tiny_model_path):
     try:
         deadline = time.monotonic() + 120
         workers: list[int] = []
-        while time.monotonic() < deadline and len(workers) < 2 and proc.poll() is None:
+        shards = tmp_path / "idx" / "shards"
+        # Killed mid-run (a shard saved: the pipeline is flowing), when workers wait on their
+        # parent: killed at start-up they die of the broken pipe anyway.
+        while time.monotonic() < deadline and proc.poll() is None and not (
+                len(workers) >= 2 and shards.is_dir() and any(shards.glob("*.parquet"))):
             workers = _children(proc.pid)
             time.sleep(0.02)
-        assert len(workers) >= 2, "the run ended before its decode workers could be seen"
+        assert len(workers) >= 2 and proc.poll() is None, "the run ended before it could be killed mid-way"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         end = time.monotonic() + 1.0  # without a parent-death signal they live on ~2-5 s
