@@ -1,7 +1,11 @@
 """The `copyscan` command: a thin Typer layer over copyscan.api.
 
 Every error a user can cause (a missing folder, an unknown model, an index of another model, a
-second writer) ends in one clear line on stderr and a non-zero exit, never a traceback.
+second writer) is a `UserError` and ends in one clear line on stderr and exit 1, never a traceback.
+
+Start-up is kept fast: this module imports only Typer, Rich's console and torch-free constants;
+each command imports what it uses when it runs (tests/test_imports.py checks that no torch,
+numpy or Arrow is imported with it).
 """
 
 from __future__ import annotations
@@ -14,18 +18,22 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from . import __version__, api
-from .discover import Skipped, display_path
-from .edits import EDITS as EDIT_NAMES
-from .models import DEFAULT_MODEL, ModelUnavailable, list_models
-from .errors import UserError
+from .discover import display_path
+from .errors import Interrupted, UserError
+from .models import DEFAULT_MODEL
+from .score import DEFAULT_THRESHOLD, DEFAULT_TOP_K
 from .speed import STAGES as SPEED_STAGES
-from .store import IndexError_
 from .validate import MAX_BATCH_SIZE, MAX_TOP_K, MAX_WORKERS
+from .version import __version__
+
+if TYPE_CHECKING:
+    from .discover import Skipped
+    from .results import IndexSummary
 
 app = typer.Typer(
     add_completion=False,
@@ -46,13 +54,13 @@ class Device(str, Enum):
 def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
-    except api.Interrupted as exc:
+    except Interrupted as exc:
         err.print(f"[yellow]{exc}[/]")
         raise typer.Exit(130)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted: run the same command again to resume (finished work is kept)[/]")
         raise typer.Exit(130)
-    except (ModelUnavailable, IndexError_, UserError) as exc:
+    except UserError as exc:
         err.print(f"[red]error:[/] {_plain(exc)}")
         raise typer.Exit(1)
     except OSError as exc:
@@ -74,11 +82,11 @@ def _internal_error(exc: BaseException) -> None:
 
 
 def _os_error_message(exc: OSError) -> str | None:
-    """A user's OSError (ours with a message, a missing path, a full disk, a protected folder) as
-    one line naming the path; None for anything else, which is then an internal error."""
+    """A user's OSError that no stage turned into a UserError (a missing path, a full disk, a
+    protected folder) as one line naming the path; None for anything else: an internal error."""
     from .oserrors import explain, is_user_fixable
 
-    if exc.errno is None and exc.args:  # raised by copyscan with its own message
+    if exc.errno is None and exc.args:  # raised with a message of its own
         return _plain(exc)
     if is_user_fixable(exc):
         return _esc(str(explain(exc, exc.filename or ".")))
@@ -116,6 +124,12 @@ def _post(background, whiten, score_norm, whiten_dim, beta):
     return PostOptions(background, whiten, score_norm, whiten_dim, beta)
 
 
+def _extraction(batch_size: int, workers: Optional[int], device: Device, quiet: bool):
+    from .extraction import Extraction
+
+    return Extraction(batch_size=batch_size, workers=workers, device=device.value, progress=not quiet)
+
+
 @app.command()
 def index(
     folder: Path = DirArg,
@@ -139,8 +153,10 @@ def index(
 
     copyscan index ./refs --index-dir ./refs-index --model copyscan_lite0_64
     """
-    s = _run(api.index_folder, folder, index_dir, model or DEFAULT_MODEL, batch_size, workers, device.value, not quiet,
-             post=_post(background, whiten, score_norm, whiten_dim, beta))
+    from .api import index_folder
+
+    s = _run(index_folder, folder, index_dir=index_dir, model=model or DEFAULT_MODEL,
+             extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta))
     _print_index_summary(s)
 
 
@@ -150,7 +166,7 @@ def query(
     index_dir: Optional[Path] = IndexOpt,
     output: Path = typer.Option(Path("copyscan-query"), "--output", "-o", help="Folder for matches.csv and report.html (created if missing)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Keep matches scoring at least this: a cosine similarity, -1 to 1 (wider with score normalisation); -1 keeps every top-k match \\[default: 0.75, or the index's suggested threshold with score normalisation].", show_default=False),
-    top_k: int = typer.Option(api.DEFAULT_TOP_K, "--top-k", "-k", min=1, max=MAX_TOP_K, help="Matches per query at most."),
+    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", "-k", min=1, max=MAX_TOP_K, help="Matches per query at most."),
     model: Optional[str] = ModelOpt,
     batch_size: int = BatchOpt,
     workers: Optional[int] = WorkersOpt,
@@ -170,8 +186,10 @@ def query(
 
     copyscan query ./uploads --index ./refs-index -t 0.6 -k 10 -o ./matches
     """
-    s = _run(api.query_folder, folder, index_dir, output, threshold, top_k, model, batch_size, workers, device.value, not quiet,
-             post=_post(background, whiten, score_norm, whiten_dim, beta))
+    from .api import query_folder
+
+    s = _run(query_folder, folder, index_dir=index_dir, output=output, threshold=threshold, top_k=top_k, model=model,
+             extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta))
     _print_notes(s.notes)
     out.print(f"[bold]{s.queries}[/] queries, [bold]{s.with_match}[/] with a match, {s.matches} matches in all ({s.seconds:.1f} s)")
     _print_skipped(s.skipped, None)
@@ -205,8 +223,10 @@ def dedupe(
 
     copyscan dedupe ./photos --threshold 0.65 --output ./dupes
     """
-    s = _run(api.dedupe, folder, output, threshold, index_dir, model, batch_size, workers, device.value, not quiet,
-             post=_post(background, whiten, score_norm, whiten_dim, beta))
+    from .api import dedupe as run_dedupe
+
+    s = _run(run_dedupe, folder, output=output, threshold=threshold, index_dir=index_dir, model=model,
+             extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta))
     _print_index_summary(s.index)
     out.print(
         f"[bold]{len(s.groups)}[/] groups of copies among {s.images} images: {s.copies} copies "
@@ -229,6 +249,8 @@ def models() -> None:
     """
     import shutil
     import textwrap
+
+    from .models import list_models
 
     # One block per model, wrapped to the terminal: a table squeezed into 80 columns cut almost
     # every cell ("Apache-...", "copysca..."). Names are what users type: never wrapped.
@@ -407,6 +429,8 @@ def bench_speed(
 
     copyscan bench speed ./photos -m copyscan_lite0_128 -m lite0_gem --json
     """
+    from rich.table import Table
+
     from .speed import bench_speed as run_bench, format_table, ratios
 
     chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
@@ -452,7 +476,7 @@ def bench_synth(
     copy_fraction: float = typer.Option(0.5, "--copy-fraction", help="Share of the references that get an edited copy among the queries (0 to 1)."),
     distractors: Optional[int] = typer.Option(None, "--distractors", help="Edited photos that are no reference's copy, among the queries \\[default: as many as copies]."),
     distractor_source: Optional[Path] = typer.Option(None, "--distractor-source", help="Folder to take the distractors from \\[default: held out of SRC]."),
-    edits: Optional[str] = typer.Option(None, "--edits", help=f"Comma-separated edits to draw from \\[default: all]: {', '.join(EDIT_NAMES)}."),
+    edits: Optional[str] = typer.Option(None, "--edits", help="Comma-separated edits to draw from \\[default: all]; the names are in README's \"Copy edits\" (a wrong one lists them)."),
     difficulty: SynthDifficulty = typer.Option(SynthDifficulty.mixed, "--difficulty", help="How many and how strong edits a query gets; mixed draws one level per query."),
     seed: int = typer.Option(0, "--seed", help="The same seed and options give byte-identical files."),
     max_side: int = typer.Option(512, "--max-side", help="Longest side of the written images, in pixels."),
@@ -513,7 +537,7 @@ def calibrate(
     edits: Optional[str] = typer.Option(None, "--edits", help="Comma-separated edits to test \\[default: all but rotate90, vflip].", show_default=False),
     difficulty: str = typer.Option("medium", "--difficulty", help="easy, medium or hard edits."),
     precision: Optional[list[float]] = typer.Option(None, "--precision", "-p", help="Target precision (0 to 1); repeatable \\[default: 0.99 and 0.9].", show_default=False),
-    threshold: float = typer.Option(api.DEFAULT_THRESHOLD, "--threshold", "-t", help="A threshold (cosine) to report as well."),
+    threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold", "-t", help="A threshold (cosine) to report as well."),
     output: Path = typer.Option(Path("copyscan-calibrate"), "--output", "-o", help="Folder for report.html, calibration.json, scores.csv."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample and the edits."),
     batch_size: int = BatchOpt,
@@ -529,6 +553,8 @@ def calibrate(
 
     copyscan calibrate ./photos -n 300 -p 0.995 --edits crop,jpeg,text -o ./calibration
     """
+    from rich.table import Table
+
     from .calibrate import DEFAULT_PRECISIONS, calibrate as run_calibration, write_outputs
 
     names = [e.strip() for e in edits.split(",")] if edits else None
@@ -595,6 +621,8 @@ def eval_cmd(
     """
     import json
 
+    from rich.table import Table
+
     from .evaluate import evaluate_bench
     from .metrics import evaluate, load_ground_truth, load_predictions
 
@@ -637,7 +665,7 @@ def _print_notes(notes: list[str]) -> None:
         err.print(f"[yellow]note:[/] {_esc(note)}")
 
 
-def _print_index_summary(s: api.IndexSummary | None) -> None:
+def _print_index_summary(s: IndexSummary | None) -> None:
     if s is None:
         return
     _print_notes(s.notes)
@@ -647,7 +675,7 @@ def _print_index_summary(s: api.IndexSummary | None) -> None:
         f"{s.embedded} embedded, {s.unchanged} unchanged, {s.removed} removed, {len(s.skipped)} skipped; "
         f"{s.total} in the index ({s.seconds:.1f} s{rate})"
     )
-    _print_skipped(s.skipped, Path(s.index_dir) / "skipped.csv")
+    _print_skipped(s.skipped, Path(s.skipped_record) if s.skipped_record else None)
 
 
 def _print_skipped(skipped: list[Skipped], record: Path | None, show: int = 10) -> None:

@@ -1,7 +1,7 @@
 """What an operating-system error means for the user, said with the path and what to do.
 
 A full disk, a write-protected or read-only folder, a file where a folder should be: these are
-the user's to fix, not bugs of ours, so they end as a `WriteError` (a UserError: one line, exit
+the user's to fix, not bugs of ours, so they end as a `WriteError` (errors.py; one line, exit
 1) naming the path, instead of "internal error: OSError: 28". Callers wrap the place where they
 write (`writing(path, ...)`) and remove their temporary files before the error goes up.
 """
@@ -14,21 +14,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import UserError
+from .errors import WriteError
 
 # The errors a user's machine causes when we write; anything else stays an internal error.
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 NO_PERMISSION = {errno.EACCES, errno.EPERM}
 USER_FIXABLE = DISK_FULL | NO_PERMISSION | {errno.EROFS, errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG}
-
-
-class WriteError(UserError):
-    """A file or folder that could not be written; the message names it and says what to do."""
-
-    def __init__(self, message: str, path: str, code: int | None):
-        super().__init__(message)
-        self.path = path
-        self.errno = code
 
 
 def is_user_fixable(exc: BaseException) -> bool:

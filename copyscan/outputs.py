@@ -1,98 +1,73 @@
-"""The output folder of one command (`query -o OUT`, `dedupe -o OUT`): all or nothing.
-
-Every file goes to a temporary name first and is renamed into place only when the whole run has
-succeeded, so a run that fails half way (a full disk, a write-protected folder) leaves the
-previous outputs as they were and none of its own: its temporary files, the thumbnails it made
-and the folder itself, if it made it, are removed. Errors name the path (see oserrors.py).
-"""
+"""Stage 8 (report), the machine-readable outputs: matches.csv, groups.csv, groups.json.
+The HTML pages are report.py. Paths whose bytes are not UTF-8 are written with U+FFFD."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import csv
+import json
 from pathlib import Path
-from typing import IO
 
-from .oserrors import WriteError, explain, is_user_fixable, make_folder, remove_quietly, writing
+from .discover import display_path
+from .results import Group, QueryResult
+
+MATCHES_CSV = "matches.csv"
+GROUPS_CSV = "groups.csv"
+GROUPS_JSON = "groups.json"
+MATCHES_HEADER = ["query_path", "reference_path", "score", "rank"]
+GROUPS_HEADER = ["group_id", "path", "role", "score", "width", "height", "bytes"]
 
 
-class RunOutputs:
-    """with RunOutputs(out) as o: fh = o.open("matches.csv"); ...; o.commit()"""
+class MatchesWriter:
+    """OUT/matches.csv, written as query results arrive (a query run may be millions of rows)."""
 
-    def __init__(self, folder: str | os.PathLike, where: str = "--output"):
-        self.folder = Path(folder)
-        self.where = where
-        self.created_folder = False
-        self._pending: list[tuple[str, Path, IO | None]] = []  # (temporary, final, open file)
-        self.made: list[Path] = []  # files made in this run that the caller registered (thumbnails)
+    def __init__(self, out: Path, write_to: Path | None = None):
+        """`write_to`: where the rows go meanwhile (output_folder.RunOutputs renames it to `path`)."""
+        self.path = out / MATCHES_CSV
+        self._fh = open(write_to or self.path, "w", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._fh)
+        self._csv.writerow(MATCHES_HEADER)
 
-    def __enter__(self) -> "RunOutputs":
-        self.created_folder = make_folder(self.folder, self.where)
+    def write(self, result: QueryResult) -> None:
+        for m in result.matches:
+            self._csv.writerow([display_path(result.query_path), display_path(m.reference_path), f"{m.score:.6f}", m.rank])
+
+    def __enter__(self) -> MatchesWriter:
         return self
 
-    def open(self, name: str, newline: str = "") -> IO[str]:
-        """A text file that becomes `name` on commit."""
-        with writing(self.folder / name, self.where):
-            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{name}.", suffix=".tmp")
-        fh = os.fdopen(fd, "w", newline=newline, encoding="utf-8")
-        self._pending.append((tmp, self.folder / name, fh))
-        return fh
-
-    def write_text(self, name: str, text: str) -> Path:
-        with self.open(name, newline="\n") as fh, writing(self.folder / name, self.where):
-            fh.write(text)
-        return self.folder / name
-
-    def commit(self) -> None:
-        """Rename every pending file into place (the run succeeded)."""
-        with writing(self.folder, self.where):
-            for tmp, final, fh in self._pending:
-                if fh is not None and not fh.closed:
-                    fh.close()
-                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
-                os.replace(tmp, final)
-        self._pending.clear()
-        self.made.clear()
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            self.commit()
-            return False
-        self.discard()
-        if isinstance(exc, OSError) and is_user_fixable(exc) and not isinstance(exc, WriteError):
-            # A write through an open file (a full disk mid-CSV) carries no file name: name the folder.
-            raise explain(exc, self.folder, self.where) from None
-        return False
-
-    def discard(self) -> None:
-        """Remove everything this run made: temporary files, registered files, the folder it created."""
-        for tmp, _, fh in self._pending:
-            if fh is not None:
-                try:
-                    fh.close()
-                except OSError:
-                    pass
-            remove_quietly(tmp)
-        self._pending.clear()
-        remove_quietly(*self.made)
-        if self.created_folder:
-            _remove_empty_tree(self.folder)
+    def __exit__(self, *exc) -> None:
+        self._fh.close()
 
 
-def _remove_empty_tree(folder: Path) -> None:
-    """Remove `folder` and its sub-folders where nothing is left in them (bottom up)."""
-    try:
-        for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            sub.rmdir()
-        folder.rmdir()
-    except OSError:
-        pass  # something is still there: keep it
+def write_groups_csv(path: Path, groups: list[Group]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(GROUPS_HEADER)
+        for g in groups:
+            for mem in g.members:
+                writer.writerow([g.group_id, display_path(mem.path), mem.role, f"{mem.score:.6f}", mem.width, mem.height, mem.bytes])
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def write_groups_json(path: Path, groups: list[Group], threshold: float, model: str, score: str = "cosine") -> None:
+    """`score` says what the scores are (postprocess.describe_score)."""
+    doc = {
+        "threshold": threshold,
+        "model": model,
+        "score": score,
+        "groups": [
+            {
+                "group_id": g.group_id,
+                "keep": display_path(g.keep.path),
+                "keep_reason": g.keep_reason,
+                "members": [
+                    {"path": display_path(mem.path), "role": mem.role, "score": round(mem.score, 6), "match": mem.match,
+                     "width": mem.width, "height": mem.height, "bytes": mem.bytes}
+                    for mem in g.members
+                ],
+            }
+            for g in groups
+        ],
+    }
+    path.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-__all__ = ["RunOutputs"]
+__all__ = ["GROUPS_CSV", "GROUPS_JSON", "MATCHES_CSV", "MatchesWriter", "write_groups_csv", "write_groups_json"]

@@ -1,12 +1,16 @@
-"""Stage 4: the index folder on disk.
+"""Stage 4 (store): the index folder on disk. The one owner of its layout and of the manifest's keys:
+no other module spells a file name below or a manifest key.
 
     IDX/manifest.json          what built it (model, checksum, dimension, preprocessing), counts,
-                               and the list of live shards: a shard not listed is never read
+                               roots, the FAISS file's metadata, the post-processing entry, and
+                               the list of live shards: a shard not listed is never read
     IDX/shards/part-NNNNNN.parquet   one row per image: path, size, mtime, hashes, descriptor; its
-                               Parquet metadata names the model (see index_recovery.py), so a
-                               lost or damaged manifest is rebuilt from the shards
+                               Parquet metadata names the model (key "copyscan"), so a lost or
+                               damaged manifest is rebuilt from the shards (index_recovery.py)
     IDX/skipped.csv            files that could not be used, with the reason
-    IDX/index.faiss            the search index over all live rows (see ann.py)
+    IDX/index.faiss            the search index over all live rows (built by indexing.py, see ann.py)
+    IDX/postprocess.npz        the fitted post-processing (see postprocess.py, background.py)
+    IDX/background/            the background photos' descriptors: an index folder of its own
     IDX/copyscan.lock          held by the one process writing
 
 Every file is written to a temporary name, fsynced and renamed, so a killed run leaves either
@@ -14,7 +18,8 @@ the old file or the new one. Shards are immutable once written except for compac
 rewrites one in place atomically. When a path appears in several shards (a changed file
 re-embedded), the row in the highest-numbered shard is the live one; compaction later drops
 the older rows. A new shard is listed in the manifest right after it is renamed into place; a
-writer killed in between leaves it unlisted, and the next writer adopts it (see `lock`).
+writer killed in between leaves it unlisted, and the next writer adopts it (see `lock`). A full
+disk or a write-protected folder ends in a WriteError naming the path (oserrors.py).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterable
+from typing import IO, Any, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -35,19 +40,38 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from .discover import Skipped, display_path, under
+from .errors import IndexFolderError
+from .identity import ModelInfo
+from .index_recovery import SHARD_META_KEY, describe, manifest_problem, sort_orphans, survey
 from .oserrors import is_user_fixable, remove_quietly, writing
+from .version import __version__
 
 FORMAT = "copyscan-index"
 FORMAT_VERSION = 1
 SHARD_RE = re.compile(r"^part-(\d{6,})\.parquet$")
-if TYPE_CHECKING:
-    from .models.base import ModelInfo
+MANIFEST_FILE = "manifest.json"
+SHARD_DIR = "shards"
+SKIPPED_FILE = "skipped.csv"
+FAISS_FILE = "index.faiss"
+LOCK_FILE = "copyscan.lock"
+POST_FILE = "postprocess.npz"
+BACKGROUND_DIR = "background"
+POST_KEY = "postprocess"  # the manifest entry of the post-processing (background.py fills it)
+NOT_BUILT = {"status": "not built"}  # the "faiss" entry of a manifest written before any FAISS file
+SHARDS_KEY = "shards"  # the manifest entry listing the live shards
 
-SHARD_META_KEY = b"copyscan"  # Parquet key-value metadata of a shard: the model's identity (JSON)
+IndexError_ = IndexFolderError  # the old name, for code written before errors.py
 
 
-class IndexError_(RuntimeError):
-    """An index folder that cannot be used as asked; the message says why and what to do."""
+@dataclass(frozen=True)
+class StoredModel:
+    """The model an index was built with, as its manifest records it."""
+
+    name: str
+    source: str
+    weights_sha256: str
+    dim: int
+    runtime: str = ""
 
 
 def schema(dim: int) -> pa.Schema:
@@ -127,14 +151,16 @@ def to_path_bytes(path: str) -> bytes:
 
 
 class IndexStore:
-    """Reads and writes one index folder. Create with `IndexStore(folder)`; `open_for_model` checks."""
+    """Reads and writes one index folder: `IndexStore(folder)`; `check_model` refuses another model."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder).expanduser().absolute()
-        self.shard_dir = self.folder / "shards"
-        self.manifest_path = self.folder / "manifest.json"
-        self.skipped_path = self.folder / "skipped.csv"
-        self.faiss_path = self.folder / "index.faiss"
+        self.shard_dir = self.folder / SHARD_DIR
+        self.manifest_path = self.folder / MANIFEST_FILE
+        self.skipped_path = self.folder / SKIPPED_FILE
+        self.faiss_path = self.folder / FAISS_FILE
+        self.post_path = self.folder / POST_FILE
+        self.background_dir = self.folder / BACKGROUND_DIR  # an index folder of its own
         self._lock: FileLock | None = None
         # Set by `lock` when the folder cannot be written at all (a read-only disk, a protected
         # folder): a run with nothing to change still works; one that must write fails there.
@@ -155,11 +181,11 @@ class IndexStore:
         lost or damaged manifest (rebuilt from the shards)."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._lock = FileLock(str(self.folder / "copyscan.lock"))
+            self._lock = FileLock(str(self.folder / LOCK_FILE))
             self._lock.acquire(timeout=timeout)
         except Timeout:
             self._lock = None
-            raise IndexError_(
+            raise IndexFolderError(
                 f"another copyscan process is writing to {self.folder}; wait for it to finish and run this again"
             ) from None
         except OSError as exc:
@@ -180,12 +206,26 @@ class IndexStore:
     def _repair(self) -> None:
         if not self.exists():
             return
-        from .index_recovery import adopt_orphans, manifest_problem
+        if manifest_problem(self.manifest_path) is not None:
+            self._write_manifest_doc(self.read_manifest())  # rebuilt from the shards (or refused)
+        self._adopt_orphans()
 
-        if manifest_problem(self) is not None:
-            manifest = self.read_manifest()  # rebuilt from the shards (or refused: other models)
-            self._write_manifest_doc(manifest)
-        adopt_orphans(self)
+    def _adopt_orphans(self) -> None:
+        """List again the unlisted shards a killed writer finished; delete compaction leftovers
+        and unreadable unlisted shards (index_recovery.sort_orphans). Holding the lock."""
+        manifest = self.read_manifest()
+        listed = manifest.get(SHARDS_KEY)
+        if listed is None:  # a manifest from before shards were listed: every shard is live
+            return
+        names = set(listed)
+        top = max((shard_number(Path(n)) for n in names), default=-1)
+        orphans = [p for p in self.shard_files() if p.name not in names]
+        adopt, delete = sort_orphans(orphans, top, manifest, shard_number)
+        for shard in delete:
+            with writing(shard, "--index-dir"):
+                shard.unlink(missing_ok=True)
+        if adopt:
+            self.set_listing([*listed, *(p.name for p in adopt)])
 
     def _remove_leftover_temp_files(self) -> None:
         # Holding the lock, any temporary file here belongs to a writer that was killed mid-write
@@ -195,7 +235,7 @@ class IndexStore:
             if not folder.is_dir():
                 continue
             for leftover in folder.iterdir():
-                if leftover.name.endswith(".tmp") and (leftover.name.startswith(".") or leftover == Path(str(self.faiss_path) + ".tmp")):
+                if leftover.name.endswith(".tmp") and (leftover.name.startswith(".") or leftover == self._faiss_tmp_path()):
                     leftover.unlink(missing_ok=True)
 
     def unlock(self) -> None:
@@ -209,44 +249,77 @@ class IndexStore:
         if self._lock is None or self.shard_files():
             self.unlock()
             return
-        for name in ("manifest.json", "skipped.csv", "index.faiss"):
-            remove_quietly(self.folder / name)
+        for path in (self.manifest_path, self.skipped_path, self.faiss_path):
+            remove_quietly(path)
         try:
             self.shard_dir.rmdir()
         except OSError:
             pass  # not there, or not empty
         self.unlock()
-        if remove_folder and [p.name for p in self.folder.iterdir()] == ["copyscan.lock"]:
-            remove_quietly(self.folder / "copyscan.lock")
+        if remove_folder and [p.name for p in self.folder.iterdir()] == [LOCK_FILE]:
+            remove_quietly(self.folder / LOCK_FILE)
             try:
                 self.folder.rmdir()
             except OSError:
                 pass  # another run has just begun here
 
     def read_manifest(self) -> dict[str, Any]:
-        from .index_recovery import manifest_problem, recover_manifest
-
-        problem = manifest_problem(self)
+        problem = manifest_problem(self.manifest_path)
         if problem is not None:
-            return recover_manifest(self, problem)
+            return self._rebuilt_manifest(problem)
         manifest = json.loads(self.manifest_path.read_text())
         if manifest.get("format") != FORMAT:
-            raise IndexError_(f"{self.folder} is not a copyscan index (no '{FORMAT}' manifest)")
+            raise IndexFolderError(f"{self.folder} is not a copyscan index (no '{FORMAT}' manifest)")
         if int(manifest.get("format_version", 0)) != FORMAT_VERSION:
-            raise IndexError_(
+            raise IndexFolderError(
                 f"{self.folder} has index format v{manifest.get('format_version')}, this copyscan reads v{FORMAT_VERSION}; "
                 "rebuild it with this version into a new folder"
             )
         return manifest
 
+    def _rebuilt_manifest(self, problem: str) -> dict[str, Any]:
+        """The manifest rebuilt from the shards' own metadata (in memory; a writer saves it)."""
+        found = survey(self.shard_files(), self.manifest_path, problem)
+        now = _now()
+        manifest: dict[str, Any] = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "copyscan_version": __version__, "created": now,
+            "updated": now, **found.identity, "metric": "inner_product (what the score is: faiss.score)",
+            "counts": {"images": found.rows, "shards": len(found.shards), "skipped": len(self.read_skipped())},
+            "roots": [], "faiss": {"status": f"manifest {problem}: rebuilt from the shards"},  # stale: rebuilt
+            SHARDS_KEY: [p.name for p in found.shards],
+        }
+        entry = self._postprocess_from_file(found.identity["model"])
+        if entry:
+            manifest[POST_KEY] = entry
+        note = (f"{display_path(str(self.manifest_path))} was {problem}: rebuilt from {len(found.shards)} shards "
+                f"({describe(found.identity)})" + (f"; {len(found.unreadable)} unreadable shards left out" if found.unreadable else ""))
+        if note not in self.notes:
+            self.notes.append(note)
+        return manifest
+
+    def _postprocess_from_file(self, model: dict[str, Any]) -> dict[str, Any] | None:
+        """The post-processing entry, from the settings inside its file (the background folder's
+        path is not among them: refitting asks for --background again)."""
+        from .postprocess import PostProcess, make_entry, sha256_of
+
+        try:
+            data = self.post_path.read_bytes()
+            post = PostProcess.from_bytes(data, str(self.post_path))
+            if post.model_sha256 != model["weights_sha256"]:
+                return None
+            entry = make_entry(post, int(model["dim"]), post.whiten, post.score_norm, None, post.beta, None)
+        except Exception:  # absent or damaged: the index simply has no post-processing
+            return None
+        return {"file": POST_FILE, "sha256": sha256_of(data), **entry}
+
     def check_model(self, info: ModelInfo) -> None:
         """Refuse to mix models or dimensions in one index."""
         if not self.exists():
             return
-        m = self.read_manifest()["model"]
-        if m["name"] != info.name or m["weights_sha256"] != info.weights_sha256 or int(m["dim"]) != info.dim:
-            raise IndexError_(
-                f"{self.folder} holds descriptors of model {m['name']} ({m['dim']}-d, weights {m['weights_sha256'][:12]}), "
+        m = self.stored_model()
+        if m.name != info.name or m.weights_sha256 != info.weights_sha256 or m.dim != info.dim:
+            raise IndexFolderError(
+                f"{self.folder} holds descriptors of model {m.name} ({m.dim}-d, weights {m.weights_sha256[:12]}), "
                 f"not {info.name} ({info.dim}-d, weights {info.weights_sha256[:12]}); use that model, or another --index-dir"
             )
 
@@ -259,12 +332,12 @@ class IndexStore:
         shards = [p for p in self.shard_dir.iterdir() if SHARD_RE.match(p.name)]
         return sorted(shards, key=shard_number)
 
-    def shard_paths(self) -> list[Path]:
+    def shard_paths(self, manifest: dict[str, Any] | None = None) -> list[Path]:
         """The live shards: those the manifest lists (all on disk for a manifest from before lists)."""
         files = self.shard_files()
         if not files:
             return []
-        listed = self.read_manifest().get("shards")
+        listed = (manifest or self.read_manifest()).get(SHARDS_KEY)
         if listed is None:
             return files
         names = set(listed)
@@ -283,28 +356,27 @@ class IndexStore:
         target = self.shard_dir / f"part-{number:06d}.parquet"
         meta = dict(table.schema.metadata or {})
         meta[SHARD_META_KEY] = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **identity_of(info)}).encode()
-        table = table.replace_schema_metadata(meta)
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        atomic_write_bytes(target, sink.getvalue().to_pybytes())
-        if self.manifest_path.exists():
-            listing = [*(p.name for p in self.shard_paths()), target.name]
-            try:
-                self._set_listing(listing)
-            except KeyboardInterrupt:
-                # The shard is whole and its rows have left the caller's buffer: finish listing
-                # it (a few ms), then let Ctrl-C through; the run stops with this work saved.
-                self._set_listing(listing)
-                raise
-            except Exception:
-                remove_quietly(target)
-                raise
+        pq.write_table(table.replace_schema_metadata(meta), sink, compression="zstd")
+        listing = [*(p.name for p in self.shard_paths()), target.name] if self.manifest_path.exists() else None
+        try:
+            atomic_write_bytes(target, sink.getvalue().to_pybytes())
+            if listing is not None:
+                self.set_listing(listing)
+        except KeyboardInterrupt:
+            # Once renamed into place the shard is whole, and its rows have left the caller's
+            # buffer: list it (a few ms), then let Ctrl-C through; the run stops with it saved.
+            if listing is not None and target.exists():
+                self.set_listing(listing)
+            raise
+        except Exception:
+            remove_quietly(target)  # (numbered above every file on disk: it is this call's)
+            raise
         return target
 
-    def _set_listing(self, names: list[str]) -> None:
-        manifest = self.read_manifest()
-        manifest["shards"] = sorted(set(names), key=lambda n: int(SHARD_RE.match(n).group(1)))
-        self._write_manifest_doc(manifest)
+    def set_listing(self, names: list[str]) -> None:
+        """Record `names` as the live shards."""
+        self._set_manifest_entry(SHARDS_KEY, sorted(set(names), key=lambda n: shard_number(Path(n))))
 
     def read_table(self, columns: list[str] | None = None, root: str | None = None) -> pa.Table:
         """All live rows (latest shard wins for a path), in shard then row order; optionally only under `root`.
@@ -317,7 +389,7 @@ class IndexStore:
             try:
                 tables.append(pq.read_table(shard, columns=cols))
             except (OSError, pa.ArrowInvalid) as exc:
-                raise IndexError_(f"shard {shard} is unreadable ({exc}); delete it and run `copyscan index` again") from None
+                raise IndexFolderError(f"shard {shard} is unreadable ({exc}); delete it and run `copyscan index` again") from None
         if not tables:
             return _empty(cols, self._dim_or_none())
         table = pa.concat_tables(tables)
@@ -362,21 +434,21 @@ class IndexStore:
                 atomic_write_bytes(shard, sink.getvalue().to_pybytes())
             else:
                 # Unlisted first, then deleted: a kill in between leaves an unlisted shard below
-                # the listed ones, which the next writer deletes (see index_recovery.adopt_orphans).
+                # the listed ones, which the next writer deletes (_adopt_orphans).
                 if self.manifest_path.exists():
-                    self._set_listing([p.name for p in self.shard_paths() if p != shard])
+                    self.set_listing([p.name for p in self.shard_paths() if p != shard])
                 with writing(shard, "--index-dir"):
                     shard.unlink()
         return dropped
 
-    def shard_fingerprint(self) -> str:
-        parts = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in self.shard_paths()]
+    def shard_fingerprint(self, manifest: dict[str, Any] | None = None) -> str:
+        parts = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in self.shard_paths(manifest)]
         return _digest("|".join(parts))
 
     def _dim_or_none(self) -> int | None:
         try:
-            return int(self.read_manifest()["model"]["dim"])
-        except IndexError_:
+            return self.stored_model().dim
+        except IndexFolderError:
             return None
 
     # ---- skipped files ----------------------------------------------------------------------
@@ -397,25 +469,14 @@ class IndexStore:
         writer.writerow(["path", "reason", "bytes", "mtime_ns", "path_hex"])
         for s in rows:
             writer.writerow([display_path(s.path), s.reason, s.bytes, s.mtime_ns, os.fsencode(s.path).hex()])
-        data = buf.getvalue().encode("utf-8")
-        # Unchanged: not written at all (a run that changes nothing writes nothing; a read-only
-        # index stays usable).
-        try:
-            if self.skipped_path.read_bytes() == data:
-                return
-        except OSError:
-            pass
         with writing(self.folder, "--index-dir"):
             self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.skipped_path, data)
+        atomic_write_bytes(self.skipped_path, buf.getvalue().encode("utf-8"))
 
     # ---- manifest ---------------------------------------------------------------------------
 
     def write_manifest(self, info: ModelInfo, counts: dict[str, int], faiss_meta: dict[str, Any], roots: list[str]) -> dict[str, Any]:
-        from . import __version__
-
         old = self.read_manifest() if self.exists() else {}
-        listed = [p.name for p in self.shard_paths()] if old else []
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -423,22 +484,115 @@ class IndexStore:
             "created": old.get("created") or _now(),
             "updated": _now(),
             **identity_of(info),
-            "metric": "inner_product (cosine of L2-normalised descriptors)",
+            "metric": "inner_product (what the score is: faiss.score)",
             "counts": counts,
             "roots": sorted(set(roots) | set(old.get("roots", []))),
             "faiss": faiss_meta,
-            "shards": listed,
+            SHARDS_KEY: [p.name for p in self.shard_paths(old)] if old else [],
         }
-        if old.get("postprocess"):  # set by set_manifest_entry; kept until switched off there
-            manifest["postprocess"] = old["postprocess"]
+        if old.get(POST_KEY):  # set by set_postprocess; kept until clear_postprocess
+            manifest[POST_KEY] = old[POST_KEY]
         self._write_manifest_doc(manifest)
         return manifest
 
+    def commit_manifest(self, info: ModelInfo, images: int, skipped: int, faiss_meta: dict[str, Any], roots: list[str]) -> dict[str, Any]:
+        """The manifest after a run: counts of live rows, shards and skipped files, the FAISS entry."""
+        return self.write_manifest(info, {"images": images, "shards": len(self.shard_paths()), "skipped": skipped}, faiss_meta, roots)
+
+    def start_manifest(self, info: ModelInfo, roots: list[str]) -> None:
+        """A new index's first manifest, written before any shard (FAISS "not built"), so that a
+        resumed run is checked against the same model and a post-processing entry has a home."""
+        if not self.exists():
+            self.write_manifest(info, {"images": 0, "shards": 0, "skipped": 0}, dict(NOT_BUILT), roots)
+
     def _write_manifest_doc(self, manifest: dict[str, Any]) -> None:
-        manifest = {k: v for k, v in manifest.items() if k != "recovered"}
         atomic_write_bytes(self.manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
 
-    def set_manifest_entry(self, key: str, value: Any) -> None:
+    # ---- what the manifest says -------------------------------------------------------------
+
+    def stored_model(self, manifest: dict[str, Any] | None = None) -> StoredModel:
+        m = (manifest or self.read_manifest())["model"]
+        return StoredModel(m["name"], m.get("source", ""), m["weights_sha256"], int(m["dim"]), m.get("runtime", ""))
+
+    def roots(self, manifest: dict[str, Any] | None = None) -> list[str]:
+        """The folders ever indexed into this index (none when it does not exist yet)."""
+        if manifest is None and not self.exists():
+            return []
+        return list((manifest or self.read_manifest()).get("roots", []))
+
+    def counts(self, manifest: dict[str, Any] | None = None) -> dict[str, int]:
+        return dict((manifest or self.read_manifest()).get("counts", {}))
+
+    def image_count(self, manifest: dict[str, Any] | None = None) -> int:
+        """Live rows when the manifest was last written (what the FAISS file holds)."""
+        return int(self.counts(manifest).get("images", 0))
+
+    def skipped_count(self, manifest: dict[str, Any] | None = None) -> int:
+        return int(self.counts(manifest).get("skipped", 0))
+
+    def faiss_type(self, manifest: dict[str, Any] | None = None) -> str:
+        return str(self.faiss_meta(manifest).get("type", ""))
+
+    # ---- the FAISS file ---------------------------------------------------------------------
+
+    def faiss_meta(self, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+        return dict((manifest or self.read_manifest()).get("faiss", {}))
+
+    def faiss_fingerprint(self, manifest: dict[str, Any] | None = None) -> str:
+        """The shards' fingerprint, plus the post-processing file's checksum when one is set: a FAISS
+        file built from other transformed vectors is as stale as one built from other shards."""
+        entry = self.postprocess_entry(manifest)
+        shards = self.shard_fingerprint(manifest)
+        return f"{shards}+{entry['sha256'][:16]}" if entry else shards
+
+    def faiss_is_fresh(self, manifest: dict[str, Any] | None = None) -> bool:
+        manifest = manifest or self.read_manifest()
+        meta = self.faiss_meta(manifest)
+        return self.faiss_path.exists() and meta.get("shards_fingerprint") == self.faiss_fingerprint(manifest)
+
+    def save_faiss(self, index: Any, kind: str, rule: str, nprobe: int, count: int, score: str) -> dict[str, Any]:
+        """Write the FAISS file atomically; returns its manifest entry (for write_manifest)."""
+        from . import ann
+
+        atomic_write(self.faiss_path, lambda fh: ann.write_index_to(index, fh))
+        return {"type": kind, "rule": rule, "nprobe": nprobe, "count": count, "score": score,
+                "shards_fingerprint": self.faiss_fingerprint()}
+
+    def load_faiss(self, manifest: dict[str, Any] | None = None) -> Any:
+        """The stored FAISS index, searched with the nprobe recorded when it was built."""
+        from . import ann
+
+        return ann.load_index(str(self.faiss_path), int(self.faiss_meta(manifest).get("nprobe") or 0))
+
+    def _faiss_tmp_path(self) -> Path:
+        return Path(str(self.faiss_path) + ".tmp")
+
+    # ---- post-processing entry --------------------------------------------------------------
+
+    def postprocess_entry(self, manifest: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The post-processing settings (background.py's entry), or None when none is set."""
+        if manifest is None and not self.exists():
+            return None
+        return (manifest or self.read_manifest()).get(POST_KEY) or None
+
+    def postprocess_file(self, manifest: dict[str, Any] | None = None) -> tuple[Path, str] | None:
+        """(the transform file, its SHA-256 as recorded), or None when none is set."""
+        entry = self.postprocess_entry(manifest)
+        return (self.folder / entry["file"], entry["sha256"]) if entry else None
+
+    def set_postprocess(self, data: bytes, sha256: str, entry: dict[str, Any]) -> dict[str, Any]:
+        """Write the transform file and record it (with `entry`'s settings) in the manifest."""
+        atomic_write_bytes(self.post_path, data)
+        entry = {"file": POST_FILE, "sha256": sha256, **entry}
+        self._set_manifest_entry(POST_KEY, entry)
+        return entry
+
+    def clear_postprocess(self) -> None:
+        if self.postprocess_entry():
+            self._set_manifest_entry(POST_KEY, None)
+        self.post_path.unlink(missing_ok=True)
+
+    def _set_manifest_entry(self, key: str, value: Any) -> None:
         """Set (or, with None, remove) one top-level entry of an existing manifest."""
         manifest = self.read_manifest()
         if value is None:
@@ -465,14 +619,6 @@ def identity_of(info: ModelInfo) -> dict[str, Any]:
         },
         "preprocessing": info.preprocessing(),
     }
-
-
-def shard_identity(path: Path) -> dict[str, Any] | None:
-    """The identity a shard carries in its Parquet metadata (None: written before shards had one).
-    Reads the footer only; raises OSError / ArrowInvalid for an unreadable file."""
-    meta = pq.read_schema(path).metadata or {}
-    raw = meta.get(SHARD_META_KEY)
-    return json.loads(raw) if raw else None
 
 
 class _StringSink:

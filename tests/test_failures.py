@@ -120,6 +120,7 @@ def test_threshold_range_follows_score_normalisation():
 
 def test_top_k_batch_size_and_beta_are_checked(work, tiny_model_path):
     from copyscan import api
+    from copyscan.extraction import Extraction
     from copyscan.validate import BadOption
 
     for args, option in ((["-k", "0"], "--top-k"), (["-k", "100001"], "--top-k"), (["-b", "0"], "--batch-size"),
@@ -129,9 +130,10 @@ def test_top_k_batch_size_and_beta_are_checked(work, tiny_model_path):
     r = cli("index", (work / "refs").resolve(), "--index-dir", work / "idx", "--model", tiny_model_path, "--beta", "nan", "-q")
     assert_clean_failure(r, "--beta", "finite")
     with pytest.raises(BadOption, match="--top-k"):
-        api.query_folder((work / "refs").resolve(), work / "idx", work / "out", top_k=0)
+        api.query_folder((work / "refs").resolve(), index_dir=work / "idx", output=work / "out", top_k=0)
     with pytest.raises(BadOption, match="--batch-size"):
-        api.index_folder((work / "refs").resolve(), work / "idx", tiny_model_path, batch_size=10**9)
+        api.index_folder((work / "refs").resolve(), index_dir=work / "idx", model=tiny_model_path,
+                         extraction=Extraction(batch_size=10**9))
 
 
 # ---- output folder: a file, write-protected, disk full ------------------------------------------------

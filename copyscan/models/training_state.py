@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import zipfile
 
-from .base import ModelUnavailable
+from ..errors import ModelUnavailable
 
 MODEL_FILE = "model.safetensors"  # what `copyscan train` writes beside its state (train/checkpointing.py)
 
