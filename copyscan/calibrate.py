@@ -32,6 +32,7 @@ from .decode import DEFAULT_MAX_PIXELS
 from .discover import FileEntry, discover, display_path, resolve_root
 from .embed import embed_entries
 from .errors import UserError
+from .validate import check_sizes, check_threshold
 from .models import DEFAULT_MODEL, DescriptorModel, create_model
 
 DEFAULT_PRECISIONS = (0.99, 0.9)
@@ -101,6 +102,8 @@ def calibrate(
     for p in precisions:
         if not 0 < p <= 1:
             raise UserError(f"precision {p} is not in (0, 1]")
+    check_threshold(threshold, None)  # calibration scores are cosines
+    check_sizes(batch_size=batch_size, workers=workers)
     m = create_model(model, device) if isinstance(model, (str, os.PathLike)) else model
     root = resolve_root(folder)
     entries, _ = discover(root)

@@ -105,6 +105,13 @@ def test_threshold_outside_the_score_range_is_refused(work, command, value):
     assert snapshot(work / "idx") == before
 
 
+@pytest.mark.parametrize("value", ["nan", "1.5"])
+def test_calibrate_threshold_is_checked_before_any_work(work, value):
+    r = cli("calibrate", (work / "refs").resolve(), "-t", value, "-o", work / "cal", "-q", "-j", "0")
+    assert_clean_failure(r, "--threshold")
+    assert not (work / "cal").exists()
+
+
 def test_threshold_range_follows_score_normalisation():
     from copyscan.validate import BadOption, check_threshold, score_range
 
@@ -201,7 +208,10 @@ def test_unchanged_index_run_writes_nothing(work, tiny_model_path, monkeypatch):
     assert snapshot(work / "idx") == before  # not even skipped.csv or the manifest
     with write_protected(work / "idx", monkeypatch):
         r = cli("index", (work / "refs").resolve(), "--index-dir", work / "idx", "--model", tiny_model_path, "-q", "-j", "0")
-    assert r.exit_code == 0 and f"{N_PHOTOS} unchanged" in r.output, r.output
+        assert r.exit_code == 0 and f"{N_PHOTOS} unchanged" in r.output, r.output
+        # dedupe of the same folder needs no write to the index either
+        r = cli("dedupe", (work / "refs").resolve(), "--index-dir", work / "idx", "-o", work / "dd", "-q", "-j", "0")
+        assert r.exit_code == 0 and (work / "dd" / "groups.csv").is_file(), r.output
     assert snapshot(work / "idx") == before
 
 
