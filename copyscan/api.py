@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import heapq
-import json
 import os
 import signal
 import time
@@ -27,6 +26,7 @@ from .background import configure as configure_postprocess
 from .background import load as load_postprocess
 from .decode import DEFAULT_MAX_PIXELS
 from .discover import Skipped, discover, display_path, resolve_root, under
+from .errors import UserError
 from .embed import Throughput, embed_entries
 from .group import Item, Pairs, build_groups
 from .models import DEFAULT_MODEL, DescriptorModel, create_model, list_models
@@ -49,6 +49,17 @@ def default_index_dir() -> Path:
     """`$COPYSCAN_INDEX_DIR`, else `.copyscan/index` in the current folder."""
     env = os.environ.get("COPYSCAN_INDEX_DIR")
     return Path(env).expanduser() if env else Path(".copyscan") / "index"
+
+
+def default_dedupe_index_dir(root: str) -> Path:
+    """dedupe's own index of one folder: `dedupe/NAME-HASH` beside the default index, so that
+    `dedupe ./photos` never adds ./photos to the reference index that `query` searches."""
+    import hashlib
+    import re
+
+    digest = hashlib.blake2b(os.fsencode(root), digest_size=6).hexdigest()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(root.rstrip(os.sep)) or "root")[:40]
+    return default_index_dir().parent / "dedupe" / f"{name}-{digest}"
 
 
 @dataclass
@@ -452,32 +463,54 @@ def dedupe(
     report: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     post: PostOptions | None = None,
+    keep: str = "original",
+    protect: list[str | os.PathLike] | None = None,
 ) -> DedupeSummary:
     """Find groups of copies inside `folder`: OUT/groups.csv, OUT/groups.json, OUT/report.html.
 
-    The folder is first indexed (incrementally) into the index; nothing in it is modified.
+    The folder is first indexed (incrementally) into its own index (`default_dedupe_index_dir`
+    unless `index_dir` is given); nothing in it is modified. `keep` is a rule of
+    copyscan.keep.KEEP_RULES; files under a `protect` folder are kept and never marked copies.
+    Pairs rejected in an earlier review of this folder are not proposed again.
     """
+    from .groups_file import write_groups_csv, write_groups_json
+    from .identity import attach_aliases, collapse_same_files, refine_pixel_hashes
+    from .keep import make_chooser, mark_protected
+    from .review_memory import load_memory
+
     clock = Throughput()
     root = resolve_root(folder)
-    store = IndexStore(index_dir or default_index_dir())
+    protect_dirs = [resolve_root(p) for p in (protect or [])]
+    for p in protect_dirs:
+        if not os.path.isdir(p):
+            raise UserError(f"--protect {display_path(p)}: no such folder")
+    store = IndexStore(index_dir or default_dedupe_index_dir(root))
     if model is None:
         model = _existing_model_ref(store) or DEFAULT_MODEL
     m = _model(model, device)
     index_summary = index_folder(root, store.folder, m, batch_size, workers, device, progress, max_pixels, post)
-    table = store.read_table(["width", "height", "bytes", "content_hash", "pixel_hash", "descriptor"], root=root)
+    table = store.read_table(["width", "height", "bytes", "mtime_ns", "content_hash", "pixel_hash", "descriptor"], root=root)
     paths = paths_of(table)
     post_process = load_postprocess(store, store.read_manifest())
     threshold = default_threshold(store.read_manifest()) if threshold is None else threshold
-    vectors = post_process.transform(descriptors_of(table))
     items = [
-        Item(p, w, h, b, ch, ph)
-        for p, w, h, b, ch, ph in zip(
+        Item(p, w, h, b, ch, ph, mt)
+        for p, w, h, b, ch, ph, mt in zip(
             paths, table.column("width").to_pylist(), table.column("height").to_pylist(), table.column("bytes").to_pylist(),
-            table.column("content_hash").to_pylist(), table.column("pixel_hash").to_pylist(),
+            table.column("content_hash").to_pylist(), table.column("pixel_hash").to_pylist(), table.column("mtime_ns").to_pylist(),
         )
     ]
+    # Symlinks and hard links to one file are one file: only one of its names is grouped.
+    one_name, aliases = collapse_same_files(paths, [it.content_hash for it in items])
+    items = [items[i] for i in one_name]
+    vectors = post_process.transform(descriptors_of(table))[np.asarray(one_name, dtype=np.int64)]
     pairs = _find_pairs_normalised(vectors, threshold, post_process)
-    groups = build_groups(items, pairs, threshold)
+    items = refine_pixel_hashes(items, zip(pairs.first.tolist(), pairs.second.tolist()))
+    memory = load_memory(store.folder)
+    chooser = make_chooser(keep, protect_dirs, memory.preferred)
+    groups = build_groups(items, pairs, threshold, choose=chooser, rejected=memory.rejected)
+    mark_protected(groups, protect_dirs)
+    attach_aliases(groups, aliases)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     summary = DedupeSummary(str(out), index_summary, len(items), groups)
@@ -485,7 +518,8 @@ def dedupe(
     summary.exact_copies = sum(1 for g in groups for c in g.copies if c.match != "near")
     summary.csv_path = str(out / "groups.csv")
     write_groups_csv(out / "groups.csv", groups)
-    write_groups_json(out / "groups.json", groups, threshold, m.name)
+    write_groups_json(out / "groups.json", groups, threshold, m.name, root=root, index_dir=str(store.folder),
+                      keep_rule=keep, protect=protect_dirs)
     if report:
         from .report import write_dedupe_report
 
@@ -494,6 +528,7 @@ def dedupe(
             "Groups": len(groups), "Copies": summary.copies, "Exact copies": summary.exact_copies,
             "Skipped files": len(index_summary.skipped),
         }
+        figures["Reclaimable"] = _human_bytes_total(groups)
         summary.report_path = str(write_dedupe_report(out, groups, figures, max_items=REPORT_ITEMS))
     summary.seconds = clock.seconds
     return summary
@@ -551,37 +586,13 @@ def find_pairs(vectors: np.ndarray, threshold: float, query_rows: np.ndarray | N
     return both_ends.best_per_pair(n)
 
 
-def write_groups_csv(path: Path, groups: list[Group]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["group_id", "path", "role", "score", "width", "height", "bytes"])
-        for g in groups:
-            for mem in g.members:
-                writer.writerow([g.group_id, display_path(mem.path), mem.role, f"{mem.score:.6f}", mem.width, mem.height, mem.bytes])
+def _human_bytes_total(groups: list[Group]) -> str:
+    from .report import human_bytes, reclaimable
 
-
-def write_groups_json(path: Path, groups: list[Group], threshold: float, model: str) -> None:
-    doc = {
-        "threshold": threshold,
-        "model": model,
-        "groups": [
-            {
-                "group_id": g.group_id,
-                "keep": display_path(g.keep.path),
-                "keep_reason": g.keep_reason,
-                "members": [
-                    {"path": display_path(mem.path), "role": mem.role, "score": round(mem.score, 6), "match": mem.match,
-                     "width": mem.width, "height": mem.height, "bytes": mem.bytes}
-                    for mem in g.members
-                ],
-            }
-            for g in groups
-        ],
-    }
-    path.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return human_bytes(sum(reclaimable(g) for g in groups))
 
 
 __all__ = [
     "DEFAULT_THRESHOLD", "DedupeSummary", "IndexError_", "IndexSummary", "Interrupted", "LoadedIndex", "QuerySummary",
-    "dedupe", "default_index_dir", "find_pairs", "index_folder", "load_index", "query_folder",
+    "dedupe", "default_dedupe_index_dir", "default_index_dir", "find_pairs", "index_folder", "load_index", "query_folder",
 ]

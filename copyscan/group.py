@@ -252,7 +252,7 @@ def _without_rejected(items: list[Item], pairs: Pairs, rejected: set[frozenset[s
 def _make_group(items: list[Item], clusters: Mapping[int, list[int]], kc: int, copies: list[tuple[int, float]], reason: str) -> Group:
     keep_i = clusters[kc][0]
     keep = items[keep_i]
-    members = [Member(keep.path, "keep", 1.0, keep.width, keep.height, keep.bytes, "keep")]
+    members = [Member(keep.path, "keep", 1.0, keep.width, keep.height, keep.bytes, "keep", keep.mtime_ns, keep.content_hash)]
     members += [_exact_member(items, keep_i, j, 1.0) for j in clusters[kc][1:]]
     for cj, score in copies:
         members.append(_member(items[clusters[cj][0]], score, MATCH_NEAR))
@@ -274,4 +274,4 @@ def _exact_member(items: list[Item], twin: int, j: int, score: float) -> Member:
 
 
 def _member(item: Item, score: float, match: str) -> Member:
-    return Member(item.path, "copy", float(score), item.width, item.height, item.bytes, match)
+    return Member(item.path, "copy", float(score), item.width, item.height, item.bytes, match, item.mtime_ns, item.content_hash)

@@ -130,3 +130,22 @@ def refine_pixel_hashes(items: list, pairs: Iterable[tuple[int, int]]) -> list:
         if h is not None:
             out[i] = replace(items[i], pixel_hash=h)
     return out
+
+
+def collapse_same_files(paths: list[str], content_hashes: list[str]) -> tuple[list[int], dict[str, list[str]]]:
+    """The indices to go on with (one name per file) and, by the name kept, the other names."""
+    drop: set[int] = set()
+    aliases: dict[str, list[str]] = {}
+    for members in same_file_sets(paths, content_hashes):
+        aliases[paths[members[0]]] = [paths[i] for i in members[1:]]
+        drop.update(members[1:])
+    return [i for i in range(len(paths)) if i not in drop], aliases
+
+
+def attach_aliases(groups: list, aliases: dict[str, list[str]]) -> None:
+    """Give each group member (results.Member) the other names of its file."""
+    if not aliases:
+        return
+    for g in groups:
+        for m in g.members:
+            m.aliases = list(aliases.get(m.path, []))

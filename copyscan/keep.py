@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .decode import DecodeError, open_image, read_bytes
 
@@ -401,3 +401,39 @@ def _likely_original(cands: Sequence[Candidate], alive: list[int], facts_fn, pre
     if bpp[order[0]] != bpp[order[1]]:
         return Choice(order[0], f"{prefix}same detail, least compressed ({bpp[order[0]]:.2f} vs {bpp[order[1]]:.2f} bytes per pixel)")
     return Choice(order[0], f"{prefix}same detail and size, shortest path")
+
+
+# ---- for grouping ------------------------------------------------------------------------------
+
+
+def under_any(path: str, folders: Sequence[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(p == f or p.startswith(f.rstrip(os.sep) + os.sep) for f in folders for p in (path, real))
+
+
+def make_chooser(rule: str = KEEP_ORIGINAL, protect: Sequence[str] = (), preferred: set[str] | frozenset[str] = frozenset(),
+                 facts_fn: Callable[[str], Facts | None] = facts_of) -> Callable[[Sequence], tuple[int, str]]:
+    """A chooser for group.build_groups: items (path, width, height, bytes, mtime_ns,
+    content_hash) -> (index to keep, reason). `protect`: absolute folders never touched."""
+    if rule not in KEEP_RULES:
+        raise ValueError(f"unknown keep rule {rule!r}; one of {', '.join(KEEP_RULES)}")
+    folders = [os.path.abspath(f) for f in protect]
+
+    def choose(items: Sequence) -> tuple[int, str]:
+        cands = [Candidate(it.path, it.width, it.height, it.bytes, it.mtime_ns, under_any(it.path, folders) if folders else False,
+                           it.content_hash in preferred) for it in items]
+        c = choose_keep(cands, rule, facts_fn)
+        return c.index, c.reason
+
+    return choose
+
+
+def mark_protected(groups: Sequence, protect: Sequence[str]) -> None:
+    """Copies in a protected folder become role "protected": shown, never acted on."""
+    folders = [os.path.abspath(f) for f in protect]
+    if not folders:
+        return
+    for g in groups:
+        for m in g.members[1:]:
+            if under_any(m.path, folders):
+                m.role = "protected"
