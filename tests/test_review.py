@@ -60,9 +60,15 @@ def test_server_refuses_foreign_requests(deduped):
         server.stop()
 
 
-@pytest.mark.skipif(_driver_paths() is None, reason="no chromium / chromedriver (apt-get install chromium chromium-driver)")
 def test_clicking_through_the_review_in_chromium(deduped):
-    webdriver = pytest.importorskip("selenium.webdriver")
+    if _driver_paths() is None:
+        if os.environ.get("COPYSCAN_REQUIRE_BROWSER"):
+            pytest.fail("COPYSCAN_REQUIRE_BROWSER is set but chromium / chromedriver are missing")
+        pytest.skip("no chromium / chromedriver (apt-get install chromium chromium-driver)")
+    if os.environ.get("COPYSCAN_REQUIRE_BROWSER"):
+        import selenium.webdriver as webdriver
+    else:
+        webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
