@@ -474,7 +474,7 @@ def dedupe(
     Pairs rejected in an earlier review of this folder are not proposed again.
     """
     from .groups_file import write_groups_csv, write_groups_json
-    from .identity import attach_aliases, collapse_same_files, refine_pixel_hashes
+    from .same_files import attach_aliases, collapse_same_files, refine_pixel_hashes
     from .keep import make_chooser, mark_protected
     from .review_memory import load_memory
 

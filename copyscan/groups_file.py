@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .discover import display_path
 from .errors import UserError
-from .identity import path_from_b64, path_to_b64
+from .same_files import path_from_b64, path_to_b64
 from .results import Group
 from .store import atomic_write_bytes
 

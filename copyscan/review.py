@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .groups_file import DECISIONS, DECISIONS_CSV, Decision, DedupeRun, read_dedupe_output, write_decisions
-from .identity import path_from_b64, path_to_b64
+from .same_files import path_from_b64, path_to_b64
 from .report import escape, human_bytes, thumbnails
 from .review_memory import remember
 

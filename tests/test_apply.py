@@ -21,7 +21,7 @@ from test_cli import calibrated_model, cli, make_library, read_csv  # noqa: F401
 from copyscan.act import execute, make_plan, undo
 from copyscan.act.files import copy_across, digest
 from copyscan.groups_file import Decision, read_decisions, read_dedupe_output, write_decisions
-from copyscan.identity import path_from_b64
+from copyscan.same_files import path_from_b64
 
 
 @pytest.fixture
@@ -277,7 +277,7 @@ def test_rejected_pair_is_not_proposed_again(deduped):
     gid = next(g for g, rs in run.groups.items() if any(r.path == str(lib["q60"]) for r in rs))
     from copyscan.review import save_decisions
 
-    from copyscan.identity import path_to_b64
+    from copyscan.same_files import path_to_b64
 
     save_decisions(run, [{"group_id": gid, "path_b64": path_to_b64(str(lib["q60"])), "decision": "not-a-copy"}])
     cli("dedupe", "./photos", "-j", "0", "-q", "-o", "dup2")

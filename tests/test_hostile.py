@@ -313,7 +313,7 @@ def test_groups_csv_and_json_parse_and_names_round_trip(hostile):
     names = {n["path"] for g in doc["groups"] for m in g["members"] for n in [m, *m["aliases"]]}
     assert names == in_groups
     # every name's exact bytes come back from path_b64, in the CSV and the JSON alike
-    from copyscan.identity import path_from_b64
+    from copyscan.same_files import path_from_b64
 
     exact = {os.fsencode(path_from_b64(r["path_b64"])) for r in rows}
     assert exact <= set(hostile.good) and os.path.join(hostile.root, b"caf\xe9 latin-1.jpg") in exact

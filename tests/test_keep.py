@@ -25,7 +25,7 @@ from keep_family import make_copies, set_times  # noqa: E402
 
 from copyscan.decode import decode_file  # noqa: E402
 from copyscan.group import Item, build_groups  # noqa: E402
-from copyscan.identity import refine_pixel_hashes  # noqa: E402
+from copyscan.same_files import refine_pixel_hashes  # noqa: E402
 from copyscan.keep import Candidate, choose_keep, facts_of, footprint, make_chooser  # noqa: E402
 
 

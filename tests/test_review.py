@@ -19,7 +19,7 @@ import pytest
 from test_cli import calibrated_model, cli, make_library  # noqa: F401  (fixture)
 
 from copyscan.groups_file import read_decisions, read_dedupe_output
-from copyscan.identity import path_to_b64
+from copyscan.same_files import path_to_b64
 from copyscan.review import start
 
 

@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ..identity import path_from_b64, path_to_b64
+from ..same_files import path_from_b64, path_to_b64
 from . import files
 from .journal import Journal, read_journal
 from .plan import Action, Plan
