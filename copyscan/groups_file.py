@@ -1,8 +1,7 @@
-"""The files a dedupe run leaves for people and for `apply`: OUT/groups.csv, OUT/groups.json and
-the review's OUT/decisions.csv. This module is their one owner: writers and readers.
+"""Reading a dedupe run back for acting on it (OUT/groups.json, written by outputs.py), and the
+review's OUT/decisions.csv (`group_id,path,decision,path_b64`), written and read here.
 
-Every path is written twice: `path`, printable (bytes that are not UTF-8 shown as U+FFFD), and
-`path_b64`, its exact bytes in base64, which is what `apply` acts on.
+Paths are taken from `path_b64`, their exact bytes: a name that is not UTF-8 is acted on as is.
 """
 
 from __future__ import annotations
@@ -17,57 +16,12 @@ from pathlib import Path
 from .discover import display_path
 from .errors import UserError
 from .same_files import path_from_b64, path_to_b64
-from .results import Group
+from .outputs import GROUPS_JSON
 from .store import atomic_write_bytes
 
-GROUPS_CSV = "groups.csv"
-GROUPS_JSON = "groups.json"
 DECISIONS_CSV = "decisions.csv"
-CSV_HEADER = ["group_id", "path", "role", "score", "width", "height", "bytes", "match", "path_b64"]
 DECISIONS_HEADER = ["group_id", "path", "decision", "path_b64"]
 DECISIONS = ("keep", "copy", "not-a-copy")
-MATCH_SAME_FILE = "same-file"  # another name (symlink, hard link) of the member above it
-
-
-def write_groups_csv(path: Path, groups: list[Group]) -> None:
-    buf = io.StringIO(newline="")
-    writer = csv.writer(buf)
-    writer.writerow(CSV_HEADER)
-    for g in groups:
-        for m in g.members:
-            writer.writerow([g.group_id, display_path(m.path), m.role, f"{m.score:.6f}", m.width, m.height, m.bytes, m.match, path_to_b64(m.path)])
-            for alias in m.aliases:
-                writer.writerow([g.group_id, display_path(alias), m.role, f"{m.score:.6f}", m.width, m.height, m.bytes, MATCH_SAME_FILE, path_to_b64(alias)])
-    atomic_write_bytes(Path(path), buf.getvalue().encode("utf-8"))
-
-
-def write_groups_json(path: Path, groups: list[Group], threshold: float, model: str, **about: object) -> None:
-    """`about`: the run's root, index folder, keep rule and protected folders (for apply)."""
-    doc = {
-        "threshold": threshold,
-        "model": model,
-        **{k: v for k, v in about.items()},
-        "groups": [
-            {
-                "group_id": g.group_id,
-                "keep": display_path(g.keep.path),
-                "keep_b64": path_to_b64(g.keep.path),
-                "keep_reason": g.keep_reason,
-                "members": [_member_doc(m) for m in g.members],
-            }
-            for g in groups
-        ],
-    }
-    atomic_write_bytes(Path(path), (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
-def _member_doc(m) -> dict:
-    return {
-        "path": display_path(m.path), "path_b64": path_to_b64(m.path), "role": m.role, "score": round(m.score, 6),
-        "match": m.match, "width": m.width, "height": m.height, "bytes": m.bytes, "mtime_ns": m.mtime_ns,
-        "content_hash": m.content_hash,
-        "aliases": [{"path": display_path(a), "path_b64": path_to_b64(a)} for a in m.aliases],
-    }
 
 
 # ---- reading back ----------------------------------------------------------------------------------
