@@ -50,6 +50,7 @@ ANALYSIS_SIDE = 1024  # footprints are analysed at most this long (upscale test,
 FRAME_SIDE = 512  # frames are looked for at most this long
 FRAME_MARGIN = 0.08  # a frame counts when it covers this much more of the image than the group's typical one
 UPSCALE_RESIDUAL = 0.4  # below this, a footprint holds no detail beyond the smaller one (see _explains)
+ASPECT_SLACK = 0.4  # footprint shapes that differ more show other content (a crop), not an upsample
 CONSENSUS_SIDE = 64  # footprints are compared with each other at this size
 CONSENSUS_MARGIN = 0.97  # the nearest image must be this much nearer than the next to decide
 
@@ -80,6 +81,9 @@ class Facts:
     small: np.ndarray | None = field(default=None, repr=False)  # footprint luminance, CONSENSUS_SIDE square
     scaled: bool = False  # analysed below its own resolution (too large, or decoded at reduced scale)
     frame_share: float = 0.0  # share of the image outside the footprint
+    canvas_aspect: float = 1.0  # width / height of the whole image
+    whole: np.ndarray | None = field(default=None, repr=False)  # the whole image's luminance, at most ANALYSIS_SIDE
+    whole_scaled: bool = False
 
     @property
     def area(self) -> int:
@@ -91,10 +95,21 @@ class Facts:
         x0, y0, x1, y1 = self.box
         return (x1 - x0) / max(1, y1 - y0)
 
-    def penalties(self, least_frame: float = 0.0) -> list[str]:
-        """Signs of a derived image; a frame counts only where it is wider than the group's typical
-        one (`least_frame`, see _typical_frame): an original with a border passes it to its copies."""
-        out = [self.frame] if self.frame and self.frame_share > least_frame + FRAME_MARGIN else []
+    def framed(self, typical: tuple[float, float]) -> bool:
+        """Whether this image holds the photo in a frame the group's typical image has not
+        (`typical`: its frame share and canvas shape, see _typical): a wider frame, or a canvas of
+        another shape around a footprint of the typical shape (a phone screenshot of a photo
+        with a flat background of its own). An original's own border passes to its copies."""
+        if not self.frame:
+            return False
+        share, aspect = typical
+        if self.frame_share > share + FRAME_MARGIN:
+            return True
+        return abs(self.canvas_aspect / aspect - 1) > 0.1 and abs(self.aspect / aspect - 1) < 0.1
+
+    def penalties(self, typical: tuple[float, float] = (0.0, 1.0)) -> list[str]:
+        """Signs of a derived image: transparency, a frame (see `framed`)."""
+        out = [self.frame] if self.framed(typical) else []
         if self.transparency > 0.01:
             out.append(f"transparency ({self.transparency:.0%} of pixels)")
         return out
@@ -136,18 +151,30 @@ def facts_of(path: str) -> Facts | None:
     x0, y0, x1, y1 = round(px0 * fx), round(py0 * fy), round(px1 * fx), round(py1 * fy)
     region = img.crop((x0, y0, x1, y1))
     scaled = draft or max(region.size) > ANALYSIS_SIDE
-    if max(region.size) > ANALYSIS_SIDE:
-        q = ANALYSIS_SIDE / max(region.size)
-        region = region.resize((max(1, round(region.width * q)), max(1, round(region.height * q))), Image.Resampling.BOX)
-    arr = np.asarray(region, dtype=np.uint8)
-    luma = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    arr = np.asarray(_at_most(region, ANALYSIS_SIDE), dtype=np.uint8)
+    luma = _luma(arr)
+    # The whole canvas too: for an image that is not framed unlike its group, its footprint
+    # (trimmed of the photo's own flat background) is not what a screenshot of it shows.
+    whole = luma if (x0, y0, x1, y1) == (0, 0, img.width, img.height) else _luma(np.asarray(_at_most(img, ANALYSIS_SIDE), dtype=np.uint8))
+    whole_scaled = draft or max(img.size) > ANALYSIS_SIDE
     small = np.asarray(Image.fromarray(luma, "F").resize((CONSENSUS_SIDE, CONSENSUS_SIDE), Image.Resampling.BOX), dtype=np.float32)
     spread = np.abs(arr[..., 0].astype(np.int16) - arr[..., 1]) + np.abs(arr[..., 1].astype(np.int16) - arr[..., 2])
     grayscale = bool(np.mean(spread <= 6) > 0.99)
     sx, sy = width / img.width, height / img.height
     box = (round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy))
     frame_share = 1 - (x1 - x0) * (y1 - y0) / (img.width * img.height)
-    return Facts(box, frame, alpha, grayscale, camera, luma, small, scaled, frame_share)
+    return Facts(box, frame, alpha, grayscale, camera, luma, small, scaled, frame_share, width / max(1, height), whole, whole_scaled)
+
+
+def _at_most(img: Image.Image, side: int) -> Image.Image:
+    if max(img.size) <= side:
+        return img
+    q = side / max(img.size)
+    return img.resize((max(1, round(img.width * q)), max(1, round(img.height * q))), Image.Resampling.BOX)
+
+
+def _luma(arr: np.ndarray) -> np.ndarray:
+    return arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def _orientation(img: Image.Image) -> int:
@@ -219,26 +246,24 @@ def footprint(rgb: np.ndarray) -> tuple[tuple[int, int, int, int], str]:
 # ---- comparing images --------------------------------------------------------------------------
 
 
-def _explains(small: Facts, large: Facts) -> bool:
-    """Whether `large`'s footprint holds no detail beyond `small`'s (an upsampled copy of it).
+def _explains(small: np.ndarray, large: np.ndarray) -> bool:
+    """Whether picture `large` (luminance) holds no detail beyond `small` (an upsampled copy of it).
 
     Alignment-free: taking `large` down to `small`'s size and back up loses the band of detail
     between the two sizes. Natural images hold about as much detail in each band of the same
     width in octaves, so a `large` at its native resolution loses about what `small` loses over
     the same ratio below its own size; an upsampled one loses almost nothing (below
-    UPSCALE_RESIDUAL of that). Both footprints must have the same shape (within 6 %).
+    UPSCALE_RESIDUAL of that). Only framed images are tested (see effective_detail), and their
+    footprint may have lost some of the photo's own flat background to the trimming, so the
+    shapes need only roughly agree (ASPECT_SLACK).
     """
-    if small.luma is None or large.luma is None or small.scaled or large.scaled:
+    hh, ww = large.shape
+    sh, sw = small.shape
+    if abs((sw / sh) / (ww / hh) - 1) > ASPECT_SLACK or sh * sw * 1.15 >= hh * ww:
         return False
-    if abs(small.aspect / large.aspect - 1) > 0.06:
-        return False
-    hh, ww = large.luma.shape
-    sh, sw = small.luma.shape
-    if sh * sw * 1.15 >= hh * ww:
-        return False
-    lost_large = _band_energy(large.luma, sw, sh)
+    lost_large = _band_energy(large, sw, sh)
     ratio = np.sqrt(sh * sw / (hh * ww))
-    lost_small = _band_energy(small.luma, max(8, round(sw * ratio)), max(8, round(sh * ratio)))
+    lost_small = _band_energy(small, max(8, round(sw * ratio)), max(8, round(sh * ratio)))
     if lost_small < 1e-3:
         return False  # a flat picture: nothing to tell by
     return lost_large / lost_small < UPSCALE_RESIDUAL
@@ -255,21 +280,23 @@ def _resize(arr: np.ndarray, w: int, h: int) -> np.ndarray:
     return np.asarray(Image.fromarray(arr, "F").resize((max(1, w), max(1, h)), Image.Resampling.BICUBIC), dtype=np.float32)
 
 
-def _typical_frame(facts: Sequence[Facts | None]) -> float:
-    """The group's median frame share: what the original's own border or flat background is,
-    since most copies keep it."""
-    shares = [f.frame_share for f in facts if f is not None]
-    return float(np.median(shares)) if shares else 0.0
+def _typical(facts: Sequence[Facts | None]) -> tuple[float, float]:
+    """The group's median frame share and canvas shape: the original's own border or flat
+    background and shape, since most copies keep them."""
+    shown = [f for f in facts if f is not None]
+    if not shown:
+        return 0.0, 1.0
+    return float(np.median([f.frame_share for f in shown])), float(np.median([f.canvas_aspect for f in shown]))
 
 
 def effective_detail(facts: Sequence[Facts | None], cands: Sequence[Candidate]) -> list[int]:
     """Pixels of shared content each image really holds (see module doc, step 1)."""
-    # Only a footprint framed more than the least framed image of the group (a screenshot, a
-    # paste) counts apart from its frame, and only it is tested for upsampling: an original's own
-    # border or flat background is shared by most of its copies, and many originals are soft, so a soft original
-    # must not lose to a copy that merely added sharp text.
-    least = _typical_frame(facts)
-    framed = [f is not None and bool(f.frame) and f.frame_share > least + FRAME_MARGIN for f in facts]
+    # Only a footprint framed unlike the group's typical image (a screenshot, a paste) counts
+    # apart from its frame, and only it is tested for upsampling: an original's own border or
+    # flat background is shared by most of its copies, and many originals are soft, so a soft
+    # original must not lose to a copy that merely added sharp text.
+    typical = _typical(facts)
+    framed = [f is not None and f.framed(typical) for f in facts]
     area = [f.area if framed[i] else max(1, c.width * c.height) for i, (f, c) in enumerate(zip(facts, cands))]
     eff = list(area)
     for i in sorted(range(len(area)), key=lambda k: area[k]):
@@ -278,7 +305,13 @@ def effective_detail(facts: Sequence[Facts | None], cands: Sequence[Candidate]) 
             continue
         for j in range(len(area)):
             fj = facts[j]
-            if j != i and fj is not None and area[j] < area[i] and eff[j] < eff[i] and framed[i] and _explains(fj, fi):
+            if j == i or fj is None or not framed[i] or fi.scaled or area[j] >= area[i] or eff[j] >= eff[i]:
+                continue
+            # The smaller image's footprint or its whole canvas, whichever has the shape of the
+            # framed one's footprint (a letterboxed original shows its bars in a screenshot too).
+            views = [(fj.luma, fj.scaled), (fj.whole, fj.whole_scaled)]
+            small, small_scaled = min(views, key=lambda v: abs(np.log((v[0].shape[1] / v[0].shape[0]) / fi.aspect)))
+            if not small_scaled and _explains(small, fi.luma):
                 eff[i] = eff[j]
     return eff
 
@@ -371,10 +404,10 @@ def _likely_original(cands: Sequence[Candidate], alive: list[int], facts_fn, pre
         runner = max((i for i in alive if i != left[0]), key=lambda i: detail[i])
         return Choice(left[0], f"{prefix}most detail of the shared content ({_human(detail[left[0]])} vs {_human(detail[runner])})")
 
-    least_frame = _typical_frame(facts)
+    typical = _typical(facts)
     steps: list[tuple[str, Callable[[int], float], Callable[[float, float], bool], Callable[[int, int], str]]] = [
-        ("fewer signs of editing", lambda i: len(facts[i].penalties(least_frame)) if facts[i] else 0, lambda a, b: a < b,
-         lambda k, r: f"the other has {', '.join(facts[r].penalties(least_frame))}" if facts[r] else ""),
+        ("fewer signs of editing", lambda i: len(facts[i].penalties(typical)) if facts[i] else 0, lambda a, b: a < b,
+         lambda k, r: f"the other has {', '.join(facts[r].penalties(typical))}" if facts[r] else ""),
         ("colour", lambda i: 1 if facts[i] and facts[i].grayscale else 0, lambda a, b: a < b,
          lambda k, r: "the other is grayscale"),
         ("EXIF camera data", lambda i: 0 if facts[i] and facts[i].camera else 1, lambda a, b: a < b,
