@@ -244,6 +244,8 @@ def write_dedupe_report(
                 f'<span class="reclaim">{_human_bytes(reclaimable(g))} reclaimable</span></h2>')
         body.append(f'<div class="group">{head}<div class="row">{"".join(cards)}</div></div>')
     n_copies = sum(len(g.members) - 1 for g in groups)
-    notes = [f"{len(groups)} groups, {n_copies} copies in all; {_human_bytes(sum(reclaimable(g) for g in groups))} reclaimable."]
+    notes = [f"{len(groups)} groups, {n_copies} copies in all; {_human_bytes(sum(reclaimable(g) for g in groups))} reclaimable.",
+             "To pick another image to keep or mark a false match: <code>copyscan review</code> on this folder; "
+             "then <code>copyscan apply</code> moves the copies (with a journal for <code>copyscan undo</code>)."]
     notes += _left_out(len(groups), len(shown), "groups", "groups.csv")
     return _write(out, _page("copyscan: duplicates", summary, notes, body, thumb_size))
