@@ -241,6 +241,7 @@ def dedupe(
     attach_aliases(groups, aliases)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    _set_aside_old_decisions(out)
     summary = DedupeSummary(str(out), index_summary, len(items), groups, score=loaded.score)
     summary.copies = sum(len(g.copies) for g in groups)
     summary.exact_copies = sum(1 for g in groups for c in g.copies if c.match != "near")
@@ -259,6 +260,17 @@ def dedupe(
         summary.report_path = str(write_dedupe_report(out, groups, figures, max_items=REPORT_ITEMS))
     summary.seconds = clock.seconds
     return summary
+
+
+def _set_aside_old_decisions(out: Path) -> None:
+    """Decisions name a run's group numbers, which a new run deals out afresh: an earlier review's
+    OUT/decisions.csv is kept as decisions-previous.csv, never applied to the new groups (what it
+    decided is remembered in the index and shaped the new groups already)."""
+    from .groups_file import DECISIONS_CSV
+
+    old = out / DECISIONS_CSV
+    if old.exists():
+        os.replace(old, out / f"{old.stem}-previous{old.suffix}")
 
 
 __all__ = [

@@ -282,6 +282,9 @@ def test_rejected_pair_is_not_proposed_again(deduped):
     save_decisions(run, [{"group_id": gid, "path_b64": path_to_b64(str(lib["q60"])), "decision": "not-a-copy"}])
     cli("dedupe", "./photos", "-j", "0", "-q", "-o", "dup2")
     again = read_dedupe_output(cwd / "dup2")
+    # a new run into the same OUT never applies the old run's group numbers
+    cli("dedupe", "./photos", "-j", "0", "-q", "-o", "dup")
+    assert not (cwd / "dup" / "decisions.csv").exists() and (cwd / "dup" / "decisions-previous.csv").exists()
     together = [rs for rs in again.groups.values() if {str(lib["q60"]), str(lib["p01"])} <= {r.path for r in rs}]
     assert not together, "a pair marked not-a-copy was proposed again"
 
