@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from .decode import DecodeError, open_image, read_bytes
+from .errors import UserError
 
 KEEP_ORIGINAL = "original"
 KEEP_RULES = {
@@ -359,7 +360,7 @@ def choose_keep(cands: Sequence[Candidate], rule: str = KEEP_ORIGINAL,
     if len(cands) == 1:
         return Choice(0, "only image")
     if rule not in KEEP_RULES:
-        raise ValueError(f"unknown keep rule {rule!r}; one of {', '.join(KEEP_RULES)}")
+        raise UserError(f"--keep {rule}: not a keep rule; one of {', '.join(KEEP_RULES)}")
     alive = list(range(len(cands)))
     prefix = ""
     protected = [i for i in alive if cands[i].protected]
@@ -449,7 +450,7 @@ def make_chooser(rule: str = KEEP_ORIGINAL, protect: Sequence[str] = (), preferr
     """A chooser for group.build_groups: items (path, width, height, bytes, mtime_ns,
     content_hash) -> (index to keep, reason). `protect`: absolute folders never touched."""
     if rule not in KEEP_RULES:
-        raise ValueError(f"unknown keep rule {rule!r}; one of {', '.join(KEEP_RULES)}")
+        raise UserError(f"--keep {rule}: not a keep rule; one of {', '.join(KEEP_RULES)}")
     folders = [os.path.abspath(f) for f in protect]
 
     def choose(items: Sequence) -> tuple[int, str]:

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from keep_family import make_copies, set_times  # noqa: E402
 
 from copyscan.decode import decode_file  # noqa: E402
+from copyscan.errors import UserError  # noqa: E402
 from copyscan.group import Item, build_groups  # noqa: E402
 from copyscan.same_files import refine_pixel_hashes  # noqa: E402
 from copyscan.keep import Candidate, choose_keep, facts_of, footprint, make_chooser  # noqa: E402
@@ -125,8 +126,16 @@ def test_user_rules_and_protect(tmp_path):
     cands[1].protected = True
     c = choose_keep(cands)
     assert c.index == 1 and "protected" in c.reason
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError):
         choose_keep(cands, "prettiest")
+
+
+def test_cli_keep_choices_are_the_keep_rules():
+    # cli.py names them without importing keep.py (numpy, Pillow) at start-up: kept equal here
+    from copyscan.cli import KeepRule
+    from copyscan.keep import KEEP_RULES
+
+    assert [r.value for r in KeepRule] == list(KEEP_RULES)
 
 
 def test_decode_failure_does_not_crash_the_choice(tmp_path):
