@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from .background import PostOptions, configure, expected_entry
 from .discover import discover, display_path, resolve_root, under
-from .errors import Interrupted
+from .errors import Interrupted, UserError
 from .extraction import Extraction
 from .indexing import commit, index_into
 from .models import DEFAULT_MODEL, LazyModel
@@ -46,6 +46,18 @@ def default_index_dir() -> Path:
     """`$COPYSCAN_INDEX_DIR`, else `.copyscan/index` in the current folder."""
     env = os.environ.get(INDEX_DIR_ENV)
     return Path(env).expanduser() if env else Path(".copyscan") / "index"
+
+
+def default_dedupe_index_dir(root: str | os.PathLike) -> Path:
+    """dedupe's own index of one folder: `dedupe/NAME-HASH` beside the default index, so that
+    `dedupe ./photos` never adds ./photos to the reference index that `query` searches."""
+    import hashlib
+    import re
+
+    root = resolve_root(root)
+    digest = hashlib.blake2b(os.fsencode(root), digest_size=6).hexdigest()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(root.rstrip(os.sep)) or "root")[:40]
+    return default_index_dir().parent / "dedupe" / f"{name}-{digest}"
 
 
 def _store(index_dir: str | os.PathLike | None) -> IndexStore:
@@ -193,21 +205,33 @@ def dedupe(
     extraction: Extraction | None = None,
     report: bool = True,
     post: PostOptions | None = None,
+    keep: str = "original",
+    protect: list[str | os.PathLike] | None = None,
 ) -> DedupeSummary:
     """Find groups of copies inside `folder`: OUT/groups.csv, OUT/groups.json, OUT/report.html.
 
-    The folder is first indexed (incrementally) into the index; nothing in it is modified. The
-    pairs are searched in the FAISS file that indexing left, not in a second index.
+    The folder is first indexed (incrementally) into its own index (`default_dedupe_index_dir`
+    unless `index_dir` is given); nothing in it is modified. The pairs are searched in the FAISS
+    file that indexing left, not in a second index. `keep` is a rule of copyscan.keep.KEEP_RULES;
+    files under a `protect` folder are kept and never marked copies. Pairs rejected in an earlier
+    review of this folder are not proposed again (copyscan.review_memory).
     """
     import numpy as np
 
     from .group import Item, build_groups
+    from .keep import make_chooser, mark_protected
+    from .review_memory import load_memory
+    from .same_files import attach_aliases, collapse_same_files, refine_pixel_hashes
     from .store import descriptors_of, paths_of
 
     clock = Throughput()
     extraction = _checked(extraction, post, threshold=threshold)
     root = resolve_root(folder)
-    store = _store(index_dir)
+    protect_dirs = [resolve_root(p) for p in (protect or [])]
+    for p in protect_dirs:
+        if not os.path.isdir(p):
+            raise UserError(f"--protect {display_path(p)}: no such folder")
+    store = _store(index_dir or default_dedupe_index_dir(root))
     # Before hours of indexing, against the scale the index will have; again once it is built.
     check_threshold(threshold, expected_entry(store, post))
     if model is None:
@@ -216,18 +240,28 @@ def dedupe(
     loaded = _load(store)
     check_threshold(threshold, store.postprocess_entry(loaded.manifest), default=loaded.threshold)
     threshold = loaded.threshold if threshold is None else threshold
-    table = store.read_table(["width", "height", "bytes", "content_hash", "pixel_hash", "descriptor"])
-    rows = np.asarray([i for i, p in enumerate(paths_of(table)) if under(p, root)], dtype=np.int64)
+    table = store.read_table(["width", "height", "bytes", "mtime_ns", "content_hash", "pixel_hash", "descriptor"])
+    paths = paths_of(table)
+    rows = [i for i, p in enumerate(paths) if under(p, root)]
+    # Symlinks and hard links to one file are one file: only one of its names is grouped.
+    hashes = table.column("content_hash").to_pylist()
+    one_name, aliases = collapse_same_files([paths[i] for i in rows], [hashes[i] for i in rows])
+    rows = np.asarray([rows[k] for k in one_name], dtype=np.int64)
     table = table.take(rows)
     items = [
-        Item(p, w, h, b, ch, ph)
-        for p, w, h, b, ch, ph in zip(
+        Item(p, w, h, b, ch, ph, mt)
+        for p, w, h, b, ch, ph, mt in zip(
             paths_of(table), table.column("width").to_pylist(), table.column("height").to_pylist(),
             table.column("bytes").to_pylist(), table.column("content_hash").to_pylist(), table.column("pixel_hash").to_pylist(),
+            table.column("mtime_ns").to_pylist(),
         )
     ]
     pairs = collection_pairs(loaded, rows, descriptors_of(table), threshold)
-    groups = build_groups(items, pairs)
+    items = refine_pixel_hashes(items, zip(pairs.first.tolist(), pairs.second.tolist()))
+    memory = load_memory(store.folder)
+    groups = build_groups(items, pairs, choose=make_chooser(keep, protect_dirs, memory.preferred), rejected=memory.rejected)
+    mark_protected(groups, protect_dirs)
+    attach_aliases(groups, aliases)
     out = Path(output)
     summary = DedupeSummary(str(out), index_summary, len(items), groups, score=loaded.score)
     summary.copies = sum(len(g.copies) for g in groups)
@@ -235,21 +269,35 @@ def dedupe(
     summary.csv_path = str(out / GROUPS_CSV)
     with RunOutputs(out) as outputs:  # all or nothing, as in query_folder
         write_groups_csv(outputs.staged(GROUPS_CSV), groups)
-        write_groups_json(outputs.staged(GROUPS_JSON), groups, threshold, index_summary.model, summary.score)
+        write_groups_json(outputs.staged(GROUPS_JSON), groups, threshold, index_summary.model, summary.score, root=root,
+                          index_dir=str(store.folder), keep_rule=keep, protect=protect_dirs)
         if report:
-            from .report import write_dedupe_report
+            from .report import human_bytes, reclaimable, write_dedupe_report
 
             figures = {
                 "Model": index_summary.model, "Folder": display_path(root), "Score": summary.score, "Threshold": threshold,
                 "Images": len(items), "Groups": len(groups), "Copies": summary.copies, "Exact copies": summary.exact_copies,
-                "Skipped files": len(index_summary.skipped),
+                "Reclaimable": human_bytes(sum(reclaimable(g) for g in groups)), "Skipped files": len(index_summary.skipped),
             }
             summary.report_path = str(write_dedupe_report(out, groups, figures, max_items=REPORT_ITEMS))
+    # Only once the new groups are in place: an earlier review's decisions name the old groups.
+    _set_aside_old_decisions(out)
     summary.seconds = clock.seconds
     return summary
 
 
+def _set_aside_old_decisions(out: Path) -> None:
+    """Decisions name a run's group numbers, which a new run deals out afresh: an earlier review's
+    OUT/decisions.csv is kept as decisions-previous.csv, never applied to the new groups (what it
+    decided is remembered in the index and shaped the new groups already)."""
+    from .groups_file import DECISIONS_CSV
+
+    old = out / DECISIONS_CSV
+    if old.exists():
+        os.replace(old, out / f"{old.stem}-previous{old.suffix}")
+
+
 __all__ = [
     "DEFAULT_THRESHOLD", "DEFAULT_TOP_K", "DedupeSummary", "Extraction", "IndexSummary", "Interrupted", "LoadedIndex",
-    "PostOptions", "QuerySummary", "dedupe", "default_index_dir", "index_folder", "load_index", "query_folder",
+    "PostOptions", "QuerySummary", "dedupe", "default_dedupe_index_dir", "default_index_dir", "index_folder", "load_index", "query_folder",
 ]

@@ -45,6 +45,15 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+class KeepRule(str, Enum):  # copyscan.keep.KEEP_RULES
+    original = "original"
+    resolution = "resolution"
+    oldest = "oldest"
+    newest = "newest"
+    largest = "largest"
+    smallest = "smallest"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -214,8 +223,13 @@ def dedupe(
     score_norm: Optional[bool] = ScoreNormOpt,
     whiten_dim: Optional[int] = WhitenDimOpt,
     beta: Optional[float] = BetaOpt,
+    keep: KeepRule = typer.Option("original", "--keep", help="Which image of a group to keep: original (the likely original: most detail of the shared content, fewest signs of editing), resolution, oldest, newest, largest, smallest."),
+    protect: Optional[list[Path]] = typer.Option(None, "--protect", help="A folder whose files are always kept and never touched; repeatable \\[default: none].", show_default=False),
 ) -> None:
     """Find groups of copies inside FOLDER and choose the image to keep in each. Nothing is moved or deleted.
+
+    The folder gets its own index (under .copyscan/dedupe/, unless --index-dir): it is never
+    added to the default index that `query` searches. `copyscan apply` then acts on the result.
 
     Examples:
 
@@ -226,7 +240,8 @@ def dedupe(
     from .api import dedupe as run_dedupe
 
     s = _run(run_dedupe, folder, output=output, threshold=threshold, index_dir=index_dir, model=model,
-             extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta))
+             extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta),
+             keep=keep.value, protect=protect)
     _print_index_summary(s.index)
     out.print(
         f"[bold]{len(s.groups)}[/] groups of copies among {s.images} images: {s.copies} copies "
@@ -235,6 +250,8 @@ def dedupe(
     out.print(f"groups: {_esc(s.csv_path)}")
     if s.report_path:
         out.print(f"report: {_esc(s.report_path)}")
+    if s.groups:
+        out.print(f"next: copyscan review {_esc(s.output)}  (optional), then copyscan apply {_esc(s.output)} --move-to DIR")
 
 
 @app.command()
@@ -698,6 +715,11 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit.")) -> None:
     pass
+
+
+from .cli_act import register as _register_act  # noqa: E402
+
+_register_act(app, run=_run, esc=_esc, out=out, err=err)  # apply, undo, review
 
 
 def main() -> None:

@@ -4,21 +4,27 @@ The rule, which stops unrelated images merging through a chain of pairs (A~B, B~
 
 1. Exact duplicates are merged first, for free: files with the same bytes (content hash) or the
    same decoded pixels (pixel hash) are one cluster. Identity is transitive, so no chain risk.
-2. Clusters are ranked by the quality of their best image: highest resolution, then least
-   compressed (most bytes per pixel), then shortest path.
-3. Star grouping: walking that ranking, each cluster not yet in a group becomes a group's kept
-   image and takes every not-yet-grouped cluster whose similarity *to it* is at least the
-   threshold. Every copy in a group is thus a direct match of the kept image; a B that is merely
-   similar to a copy is left for a group of its own.
+   Within a cluster the original comes first (copyscan.keep.twin_key: a lossy file before a
+   lossless re-save of its pixels, then the smaller file).
+2. Clusters are ranked by how many other clusters they match (an original matches each of its
+   copies, a copy mostly only its original), then by the quality of their best image.
+3. Star grouping: walking that ranking, each cluster not yet in a group becomes a group's centre
+   and takes every not-yet-grouped cluster whose similarity *to it* is at least the threshold.
+   Every copy in a group is thus a direct match of the centre; a B that is merely similar to a
+   copy is left for a group of its own.
+4. The image to keep is then chosen among the group's clusters by `choose` (copyscan.keep in
+   dedupe; by default the highest resolution). Pairs the user rejected (`rejected`, pairs of
+   content hashes) never link two images.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .keep import twin_key
 from .results import MATCH_IDENTICAL_FILE, MATCH_IDENTICAL_PIXELS, MATCH_NEAR, Group, Member
 
 
@@ -30,6 +36,17 @@ class Item:
     bytes: int
     content_hash: str
     pixel_hash: str
+    mtime_ns: int = 0
+
+
+# Given a group's candidates (the first image of each cluster, the centre first): which to keep and why.
+Chooser = Callable[[Sequence[Item]], tuple[int, str]]
+
+
+def by_resolution(cands: Sequence[Item]) -> tuple[int, str]:
+    """The default chooser: the highest resolution, then the least compressed, then the shortest path."""
+    best = min(range(len(cands)), key=lambda k: quality_key(cands[k]))
+    return best, keep_reason(cands[best], [c for k, c in enumerate(cands) if k != best])
 
 
 def quality_key(item: Item) -> tuple:
@@ -138,7 +155,8 @@ def exact_cluster_labels(items: list[Item]) -> np.ndarray:
     return np.unique(parent, return_inverse=True)[1].astype(np.int64)
 
 
-def build_groups(items: list[Item], pairs: Pairs | Iterable[tuple[int, int, float]], threshold: float | None = None) -> list[Group]:
+def build_groups(items: list[Item], pairs: Pairs | Iterable[tuple[int, int, float]], threshold: float | None = None, *,
+                 choose: Chooser = by_resolution, rejected: set[frozenset[str]] | None = None) -> list[Group]:
     """Groups of copies from items and scored pairs (i, j, score); singletons are not groups.
 
     Every pair given is a link: the search already applied the threshold (search.py). A
@@ -150,7 +168,10 @@ def build_groups(items: list[Item], pairs: Pairs | Iterable[tuple[int, int, floa
     """
     labels = exact_cluster_labels(items)
     n_clusters = int(labels.max()) + 1 if len(labels) else 0
-    links = _cluster_links(Pairs.of(pairs), labels, threshold, n_clusters)
+    pairs = Pairs.of(pairs)
+    if rejected:
+        pairs = _without_rejected(items, pairs, rejected)
+    links = _cluster_links(pairs, labels, threshold, n_clusters)
     members = _members_of_involved_clusters(items, labels, links, n_clusters)
     # Adjacency of clusters in CSR form: the neighbours of c are dst[ptr[c]:ptr[c + 1]].
     src = np.concatenate([links.first, links.second])
@@ -162,7 +183,8 @@ def build_groups(items: list[Item], pairs: Pairs | Iterable[tuple[int, int, floa
     def best(c: int) -> Item:
         return items[members[c][0]]
 
-    ranking = sorted(members, key=lambda c: quality_key(best(c)))
+    degree = np.diff(ptr)
+    ranking = sorted(members, key=lambda c: (-int(degree[c]), quality_key(best(c))))
     assigned = np.zeros(n_clusters, dtype=bool)
     groups: list[Group] = []
     for ci in ranking:
@@ -175,10 +197,18 @@ def build_groups(items: list[Item], pairs: Pairs | Iterable[tuple[int, int, floa
             zip(near[free].tolist(), near_score[free].tolist()),
             key=lambda t: (-t[1], quality_key(best(t[0]))),
         )
-        assigned[near[free]] = True
         if len(members[ci]) == 1 and not takes:
             continue
-        groups.append(_make_group(items, members, ci, takes))
+        order = [ci] + [cj for cj, _ in takes]
+        pick, reason = choose([best(c) for c in order]) if len(order) > 1 else (0, _twin_reason(items, members[ci]))
+        kc = order[pick]
+        # Only direct matches of the kept image stay: the rest go back for groups of their own.
+        direct = dict(zip(dst[ptr[kc]:ptr[kc + 1]].tolist(), dst_score[ptr[kc]:ptr[kc + 1]].tolist()))
+        copies = [(cj, direct[cj]) for cj in order if cj != kc and cj in direct]
+        copies.sort(key=lambda t: (-t[1], quality_key(best(t[0]))))
+        assigned[kc] = True
+        assigned[[cj for cj, _ in copies]] = True
+        groups.append(_make_group(items, members, kc, copies, reason))
     groups.sort(key=lambda g: (-len(g.members), g.keep.path))
     for gid, g in enumerate(groups, start=1):
         g.group_id = gid
@@ -209,21 +239,36 @@ def _members_of_involved_clusters(items: list[Item], labels: np.ndarray, links: 
     members: dict[int, list[int]] = {}
     for c in np.nonzero(involved)[0].tolist():
         cluster = by_cluster[starts[c]:starts[c + 1]].tolist()
-        members[c] = cluster if len(cluster) == 1 else sorted(cluster, key=lambda i: quality_key(items[i]))
+        members[c] = cluster if len(cluster) == 1 else sorted(cluster, key=lambda i: twin_key(items[i].path, items[i].bytes, items[i].mtime_ns))
     return members
 
 
-def _make_group(items: list[Item], clusters: Mapping[int, list[int]], ci: int, takes: list[tuple[int, float]]) -> Group:
-    keep_i = clusters[ci][0]
+def _without_rejected(items: list[Item], pairs: Pairs, rejected: set[frozenset[str]]) -> Pairs:
+    """The pairs less those whose two images' content hashes the user marked as not a copy."""
+    if len(pairs) == 0:
+        return pairs
+    keep = np.array([frozenset((items[i].content_hash, items[j].content_hash)) not in rejected
+                     for i, j in zip(pairs.first.tolist(), pairs.second.tolist())], dtype=bool)
+    return Pairs(pairs.first[keep], pairs.second[keep], pairs.score[keep])
+
+
+def _make_group(items: list[Item], clusters: Mapping[int, list[int]], kc: int, copies: list[tuple[int, float]], reason: str) -> Group:
+    keep_i = clusters[kc][0]
     keep = items[keep_i]
-    members = [Member(keep.path, "keep", 1.0, keep.width, keep.height, keep.bytes, "keep")]
-    members += [_exact_member(items, keep_i, j, 1.0) for j in clusters[ci][1:]]
-    for cj, score in takes:
+    members = [Member(keep.path, "keep", 1.0, keep.width, keep.height, keep.bytes, "keep", keep.mtime_ns, keep.content_hash)]
+    members += [_exact_member(items, keep_i, j, 1.0) for j in clusters[kc][1:]]
+    for cj, score in copies:
         members.append(_member(items[clusters[cj][0]], score, MATCH_NEAR))
         # Exact twins of a near copy are as similar to the kept image as it is.
         members += [_exact_member(items, clusters[cj][0], j, score) for j in clusters[cj][1:]]
-    others = [items[clusters[ci][j]] for j in range(1, len(clusters[ci]))] + [items[clusters[cj][0]] for cj, _ in takes]
-    return Group(0, members, keep_reason(keep, others))
+    return Group(0, members, reason)
+
+
+def _twin_reason(items: list[Item], cluster: list[int]) -> str:
+    keep, other = items[cluster[0]], items[cluster[1]]
+    if keep.content_hash == other.content_hash:
+        return "identical files: the oldest, then the shortest path"
+    return "identical pixels: a lossy file before its lossless re-save, then the smallest file"
 
 
 def _exact_member(items: list[Item], twin: int, j: int, score: float) -> Member:
@@ -232,4 +277,4 @@ def _exact_member(items: list[Item], twin: int, j: int, score: float) -> Member:
 
 
 def _member(item: Item, score: float, match: str) -> Member:
-    return Member(item.path, "copy", float(score), item.width, item.height, item.bytes, match)
+    return Member(item.path, "copy", float(score), item.width, item.height, item.bytes, match, item.mtime_ns, item.content_hash)

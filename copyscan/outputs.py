@@ -1,20 +1,27 @@
 """Stage 8 (report), the machine-readable outputs: matches.csv, groups.csv, groups.json.
-The HTML pages are report.py. Paths whose bytes are not UTF-8 are written with U+FFFD."""
+The HTML pages are report.py; reading groups.json back for `apply` is groups_file.py.
+
+Paths whose bytes are not UTF-8 are shown with U+FFFD in `path`; groups.csv and groups.json also
+carry `path_b64`, the exact bytes, which is what `apply` acts on."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 from .discover import display_path
-from .results import Group, QueryResult
+from .results import Group, Member, QueryResult
+from .same_files import path_to_b64
+from .store import atomic_write_bytes
 
 MATCHES_CSV = "matches.csv"
 GROUPS_CSV = "groups.csv"
 GROUPS_JSON = "groups.json"
 MATCHES_HEADER = ["query_path", "reference_path", "score", "rank"]
-GROUPS_HEADER = ["group_id", "path", "role", "score", "width", "height", "bytes"]
+GROUPS_HEADER = ["group_id", "path", "role", "score", "width", "height", "bytes", "match", "path_b64"]
+MATCH_SAME_FILE = "same-file"  # in groups.csv: another name (symlink, hard link) of the member above
 
 
 class MatchesWriter:
@@ -39,35 +46,48 @@ class MatchesWriter:
 
 
 def write_groups_csv(path: Path, groups: list[Group]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(GROUPS_HEADER)
-        for g in groups:
-            for mem in g.members:
-                writer.writerow([g.group_id, display_path(mem.path), mem.role, f"{mem.score:.6f}", mem.width, mem.height, mem.bytes])
+    """One row per name: a member, then the other names of its file (match "same-file")."""
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow(GROUPS_HEADER)
+    for g in groups:
+        for m in g.members:
+            writer.writerow([g.group_id, display_path(m.path), m.role, f"{m.score:.6f}", m.width, m.height, m.bytes, m.match, path_to_b64(m.path)])
+            for alias in m.aliases:
+                writer.writerow([g.group_id, display_path(alias), m.role, f"{m.score:.6f}", m.width, m.height, m.bytes, MATCH_SAME_FILE, path_to_b64(alias)])
+    atomic_write_bytes(Path(path), buf.getvalue().encode("utf-8"))
 
 
-def write_groups_json(path: Path, groups: list[Group], threshold: float, model: str, score: str = "cosine") -> None:
-    """`score` says what the scores are (postprocess.describe_score)."""
+def write_groups_json(path: Path, groups: list[Group], threshold: float, model: str, score: str = "cosine", **about: object) -> None:
+    """`score` says what the scores are (postprocess.describe_score); `about`: the run's root,
+    index folder, keep rule and protected folders, which `copyscan apply` reads back
+    (groups_file.read_dedupe_output)."""
     doc = {
         "threshold": threshold,
         "model": model,
         "score": score,
+        **about,
         "groups": [
             {
                 "group_id": g.group_id,
                 "keep": display_path(g.keep.path),
+                "keep_b64": path_to_b64(g.keep.path),
                 "keep_reason": g.keep_reason,
-                "members": [
-                    {"path": display_path(mem.path), "role": mem.role, "score": round(mem.score, 6), "match": mem.match,
-                     "width": mem.width, "height": mem.height, "bytes": mem.bytes}
-                    for mem in g.members
-                ],
+                "members": [_member_doc(m) for m in g.members],
             }
             for g in groups
         ],
     }
-    path.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_bytes(Path(path), (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-__all__ = ["GROUPS_CSV", "GROUPS_JSON", "MATCHES_CSV", "MatchesWriter", "write_groups_csv", "write_groups_json"]
+def _member_doc(m: Member) -> dict:
+    return {
+        "path": display_path(m.path), "path_b64": path_to_b64(m.path), "role": m.role, "score": round(m.score, 6),
+        "match": m.match, "width": m.width, "height": m.height, "bytes": m.bytes, "mtime_ns": m.mtime_ns,
+        "content_hash": m.content_hash,
+        "aliases": [{"path": display_path(a), "path_b64": path_to_b64(a)} for a in m.aliases],
+    }
+
+
+__all__ = ["GROUPS_CSV", "GROUPS_HEADER", "GROUPS_JSON", "MATCH_SAME_FILE", "MATCHES_CSV", "MatchesWriter", "write_groups_csv", "write_groups_json"]

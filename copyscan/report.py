@@ -81,6 +81,15 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+human_bytes = _human_bytes
+escape = _text  # for other pages built from user paths (copyscan.review)
+
+
+def reclaimable(group: Group) -> int:
+    """Bytes that moving the group's copies away frees (each file once, whatever its names)."""
+    return sum(m.bytes for m in group.members if m.role == "copy")
+
+
 def _thumb_name(path: str, thumb_size: int) -> str | None:
     # Size and mtime are in the key, so a file that changed gets a new thumbnail while an
     # unchanged one is reused from an earlier run.
@@ -189,6 +198,9 @@ def _left_out(total: int, shown: int, what: str, csv_name: str) -> list[str]:
     ]
 
 
+thumbnails = _thumbs  # path -> relative src under OUT (or None), made once and reused
+
+
 def write_query_report(
     out_dir: str | os.PathLike,
     results: list[QueryResult],
@@ -247,9 +259,12 @@ def write_dedupe_report(
                 meta = f'<div class="score">{m.score:.3f}</div><span class="badge {cls}">{_text(label)}</span>{dims}'
                 cards.append(_card(m.path, srcs[m.path], meta))
         n = len(g.members) - 1
-        head = f"<h2>Group {_text(g.group_id)} · {n} cop{'y' if n == 1 else 'ies'}</h2>"
+        head = (f"<h2>Group {_text(g.group_id)} · {n} cop{'y' if n == 1 else 'ies'} · "
+                f'<span class="reclaim">{_human_bytes(reclaimable(g))} reclaimable</span></h2>')
         body.append(f'<div class="group">{head}<div class="row">{"".join(cards)}</div></div>')
     n_copies = sum(len(g.members) - 1 for g in groups)
-    notes = [f"{len(groups)} groups, {n_copies} copies in all."]
+    notes = [f"{len(groups)} groups, {n_copies} copies in all; {_human_bytes(sum(reclaimable(g) for g in groups))} reclaimable.",
+             "To pick another image to keep or mark a false match: <code>copyscan review</code> on this folder; "
+             "then <code>copyscan apply</code> moves the copies (with a journal for <code>copyscan undo</code>)."]
     notes += _left_out(len(groups), len(shown), "groups", "groups.csv")
     return _write(out, _page("copyscan: duplicates", summary, notes, body, thumb_size), made)

@@ -31,12 +31,15 @@ class QueryResult:
 @dataclass
 class Member:
     path: str
-    role: str  # "keep" or "copy"
+    role: str  # "keep", "copy", or "protected" (a copy in a --protect folder: never touched)
     score: float  # score to the kept image (score.py; 1.0 for the kept image itself and exact twins)
     width: int
     height: int
     bytes: int
     match: str = MATCH_NEAR  # for copies: how it was recognised; "keep" for the kept image
+    mtime_ns: int = 0  # as indexed: apply leaves a file alone that changed since
+    content_hash: str = ""
+    aliases: list[str] = field(default_factory=list)  # other names of this very file (symlinks, hard links)
 
 
 @dataclass

@@ -232,23 +232,34 @@ def test_exact_duplicates_grouped_without_pairs():
     groups = build_groups(items, [], threshold=0.75)
     assert len(groups) == 1
     g = groups[0]
-    # The BMP has the most bytes per pixel at equal resolution: it is kept.
-    assert g.keep.path == "/orig.bmp"
+    # Identical pixels, both lossless: the smaller file is the original (a re-save never shrinks
+    # a file below it by chance often enough to beat that); its byte twin is an identical file.
+    assert g.keep.path == "/orig.png"
     by_path = {m.path: m for m in g.members}
     assert set(by_path) == {"/orig.png", "/copy/orig.png", "/orig.bmp"}
-    for p in ("/orig.png", "/copy/orig.png"):
-        assert by_path[p].score == 1.0 and by_path[p].role == "copy"
-        assert by_path[p].match == MATCH_IDENTICAL_PIXELS
+    assert by_path["/orig.bmp"].match == MATCH_IDENTICAL_PIXELS and by_path["/orig.bmp"].role == "copy"
+    assert by_path["/copy/orig.png"].match == MATCH_IDENTICAL_FILE and by_path["/copy/orig.png"].score == 1.0
+    assert g.keep_reason.startswith("identical")
+
+
+def test_lossless_twin_never_beats_the_smaller_lossy_original():
+    items = [
+        _item("/photo.jpg", 400, 300, 40_000, ch="hj", ph="px"),
+        _item("/photo.png", 400, 300, 250_000, ch="hp", ph="px"),
+    ]
+    g = build_groups(items, [], 0.75)[0]
+    assert g.keep.path == "/photo.jpg" and g.copies[0].path == "/photo.png"
+    assert "lossy" in g.keep_reason
 
 
 def test_identical_file_vs_identical_pixels_labels():
     items = [
         _item("/a.png", 100, 100, 9_000, ch="h1", ph="px1"),
         _item("/b.png", 100, 100, 9_000, ch="h1", ph="px1"),
-        _item("/c.png", 100, 100, 8_000, ch="h3", ph="px1"),
+        _item("/c.png", 100, 100, 12_000, ch="h3", ph="px1"),
     ]
     g = build_groups(items, [], 0.75)[0]
-    assert g.keep.path == "/a.png"  # ties on quality: shortest then alphabetical
+    assert g.keep.path == "/a.png"  # identical pixels: the smallest file, then the shortest path
     by_path = {m.path: m for m in g.members}
     assert by_path["/b.png"].match == MATCH_IDENTICAL_FILE and by_path["/b.png"].score == 1.0
     assert by_path["/c.png"].match == MATCH_IDENTICAL_PIXELS and by_path["/c.png"].score == 1.0

@@ -285,7 +285,7 @@ def test_dedupe_groups_exact_and_near_copies_and_leaves_folder_alone(cwd, calibr
     assert snapshot(cwd / "photos") == before, "dedupe changed the user's folder"
 
     header, rows, doc = _groups(cwd)
-    assert header == ["group_id", "path", "role", "score", "width", "height", "bytes"]
+    assert header == ["group_id", "path", "role", "score", "width", "height", "bytes", "match", "path_b64"]
     assert (cwd / "copyscan-dedupe" / "report.html").exists()
     groups: dict[str, list[dict[str, str]]] = {}
     for row in rows:
@@ -315,7 +315,7 @@ def test_dedupe_groups_exact_and_near_copies_and_leaves_folder_alone(cwd, calibr
     jg = next(x for x in doc["groups"] if str(x["group_id"]) == g)
     copy = next(m for m in jg["members"] if m["role"] == "copy" and m["path"] in (str(lib["bmp"]), str(lib["p10"])))
     assert copy["match"] == "identical-pixels" and copy["score"] == 1.0
-    assert jg["keep"] == str(lib["bmp"])  # same resolution, more bytes per pixel
+    assert jg["keep"] == str(lib["p10"])  # identical pixels: the smaller file (a re-save never beats its original)
 
     # Edited copies: each with its original, the original kept.
     for edit, orig in (("half", "p00"), ("q60", "p01")):
@@ -347,7 +347,9 @@ def test_dedupe_groups_exact_and_near_copies_and_leaves_folder_alone(cwd, calibr
 def test_score_is_the_same_in_query_and_dedupe(cwd, calibrated_model):
     lib = make_library(cwd / "photos", bad=False)
     cli("dedupe", "./photos", "--threshold", "0.75", "--model", calibrated_model, "-j", "0", "-q")
-    cli("query", "./photos", "--threshold", "0.75", "--top-k", "5", "-j", "0", "-q")
+    # dedupe keeps its own index of the folder (never the default one that query searches)
+    own = api.default_dedupe_index_dir(str(cwd / "photos"))
+    cli("query", "./photos", "--index", own, "--threshold", "0.75", "--top-k", "5", "-j", "0", "-q")
     _, groups, _ = _groups(cwd)
     _, matches = read_csv(cwd / "copyscan-query" / "matches.csv")
     checked = 0
@@ -440,8 +442,8 @@ def test_mixed_models_refused(cwd, tiny_model_path, other_model):
     assert r.stdout == ""
     assert (cwd / INDEX / "manifest.json").read_text() == manifest_before
     assert snapshot(cwd / INDEX / "shards") == shards_before
-    # dedupe and query with the other model are refused the same way
-    r = cli("dedupe", "./refs", "--model", other_model, "-j", "0", "-q", code=1)
+    # dedupe (into that index) and query with the other model are refused the same way
+    r = cli("dedupe", "./refs", "--index-dir", INDEX, "--model", other_model, "-j", "0", "-q", code=1)
     assert "holds descriptors of model" in r.output and "Traceback" not in r.output
     r = cli("query", "./refs", "--model", other_model, "-j", "0", "-q", code=1)
     assert "holds descriptors of model" in r.output and "Traceback" not in r.output
@@ -586,8 +588,9 @@ def test_default_model_end_to_end(cwd):
     before = snapshot(folder)
     r = cli("dedupe", "./photos", "-j", "0", "-q")  # no --model, no --threshold: the defaults
     assert snapshot(folder) == before
-    manifest = json.loads((cwd / INDEX / "manifest.json").read_text())
+    manifest = json.loads((api.default_dedupe_index_dir(str(folder)) / "manifest.json").read_text())
     assert manifest["model"]["name"] == "copyscan_lite0_128" and manifest["model"]["dim"] == 128
+    assert not (cwd / INDEX).exists()  # the default index that query uses is left alone
     assert "copyscan_lite0_128" in r.stdout
     _, rows, doc = _groups(cwd)
     groups: dict[str, list[str]] = {}

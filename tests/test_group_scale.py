@@ -14,6 +14,7 @@ import pytest
 
 from copyscan.search import find_pairs
 from copyscan.group import Item, Pairs, build_groups, quality_key
+from copyscan.keep import twin_key
 
 
 def _reference_groups(items: list[Item], pairs, threshold: float) -> list[tuple]:
@@ -38,7 +39,7 @@ def _reference_groups(items: list[Item], pairs, threshold: float) -> list[tuple]
     for i in range(len(items)):
         clusters.setdefault(root(i), []).append(i)
     for c in clusters.values():
-        c.sort(key=lambda i: quality_key(items[i]))
+        c.sort(key=lambda i: twin_key(items[i].path, items[i].bytes, items[i].mtime_ns))
     cluster_of = {i: r for r, c in clusters.items() for i in c}
     near: dict[int, dict[int, float]] = {r: {} for r in clusters}
     for i, j, s in pairs:
@@ -47,16 +48,22 @@ def _reference_groups(items: list[Item], pairs, threshold: float) -> list[tuple]
             near[a][b] = near[b][a] = s
     assigned: set[int] = set()
     groups = []
-    for c in sorted(clusters, key=lambda r: quality_key(items[clusters[r][0]])):
+    q = lambda r: quality_key(items[clusters[r][0]])  # noqa: E731
+    for c in sorted(clusters, key=lambda r: (-len(near[r]), q(r))):
         if c in assigned:
             continue
         assigned.add(c)
-        takes = sorted(((d, s) for d, s in near[c].items() if d not in assigned),
-                       key=lambda t: (-t[1], quality_key(items[clusters[t[0]][0]])))
-        assigned.update(d for d, _ in takes)
-        if len(clusters[c]) > 1 or takes:
-            members = [items[i].path for i in clusters[c]] + [items[i].path for d, _ in takes for i in clusters[d]]
-            groups.append(members)
+        takes = [d for d, _ in sorted(((d, s) for d, s in near[c].items() if d not in assigned), key=lambda t: (-t[1], q(t[0])))]
+        if len(clusters[c]) == 1 and not takes:
+            continue
+        # the kept cluster: the highest resolution (build_groups' default chooser); the group
+        # is it and its direct matches among the centre's; the others are free again
+        keep = min([c, *takes], key=q)
+        copies = sorted((d for d in [c, *takes] if d != keep and d in near[keep]), key=lambda d: (-near[keep][d], q(d)))
+        assigned.add(keep)
+        assigned.update(copies)
+        members = [items[i].path for i in clusters[keep]] + [items[i].path for d in copies for i in clusters[d]]
+        groups.append(members)
     return sorted(groups, key=lambda g: (-len(g), g[0]))
 
 

@@ -309,7 +309,15 @@ def test_groups_csv_and_json_parse_and_names_round_trip(hostile):
         assert _shown(os.path.join(hostile.root, name)) in in_groups, name
     assert in_groups <= {_shown(p) for p in hostile.good}
     doc = json.loads((out / "groups.json").read_text(encoding="utf-8"))
-    assert {m["path"] for g in doc["groups"] for m in g["members"]} == in_groups
+    # a symlink is another name of its file: listed with it (aliases), never as its copy
+    names = {n["path"] for g in doc["groups"] for m in g["members"] for n in [m, *m["aliases"]]}
+    assert names == in_groups
+    # every name's exact bytes come back from path_b64, in the CSV and the JSON alike
+    from copyscan.same_files import path_from_b64
+
+    exact = {os.fsencode(path_from_b64(r["path_b64"])) for r in rows}
+    assert exact <= set(hostile.good) and os.path.join(hostile.root, b"caf\xe9 latin-1.jpg") in exact
+    assert exact == {os.fsencode(path_from_b64(n["path_b64"])) for g in doc["groups"] for m in g["members"] for n in [m, *m["aliases"]]}
 
 
 @pytest.mark.parametrize("report", ["query", "dedupe"])
