@@ -127,7 +127,10 @@ def _make_thumb(path: str, thumb_dir: pathlib.Path, thumb_size: int, made: list[
     return f"{THUMB_DIR}/{name}"
 
 
-def _thumbs(paths: list[str], out_dir: pathlib.Path, thumb_size: int, made: list[pathlib.Path]) -> dict[str, str | None]:
+def _thumbs(paths: list[str], out_dir: pathlib.Path, thumb_size: int,
+            made: list[pathlib.Path] | None = None) -> dict[str, str | None]:
+    """path -> thumbnail src under OUT (None: no preview); every file written is added to `made`."""
+    made = [] if made is None else made
     thumb_dir = out_dir / THUMB_DIR
     with writing(thumb_dir, "--output"):
         thumb_dir.mkdir(parents=True, exist_ok=True)
