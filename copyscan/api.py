@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import ann
 from .background import PostOptions
@@ -31,6 +33,10 @@ from .embed import Throughput, embed_entries
 from .group import Item, Pairs, build_groups
 from .models import DEFAULT_MODEL, DescriptorModel, create_model, list_models
 from .postprocess import PostProcess
+from .region_search import annotate_groups, image_pairs, place_boxes
+from .region_search import BOX_COLUMNS, GROUP_BOX_COLUMNS, INDEX_BOXES, Candidate, PendingQuery, Refiner, RegionSettings, RowTable, format_box, global_only_params, merge_hits
+from .region_search import search as search_rows
+from .regions import with_region_rows
 from .results import Group, Match, QueryResult
 from .store import IndexError_, IndexStore, Row, descriptors_of, paths_of, rows_to_table
 
@@ -122,8 +128,12 @@ def index_folder(
     progress: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     post: PostOptions | None = None,
+    regions: bool = False,
 ) -> IndexSummary:
     """Embed new and changed images under `folder` into the index; drop rows of removed files.
+
+    `regions` also stores region rows (crops of each image, copyscan.regions) beside each image's
+    row, for `query --regions` and `dedupe --regions`; images indexed without them are embedded again.
 
     Files already indexed with the same size and mtime are not decoded again, nor are files
     that failed before and have not changed. Interrupting keeps finished shards: the next run
@@ -138,17 +148,20 @@ def index_folder(
         if post is not None and post.given():
             store.check_model(m.info)
             configure_postprocess(store, m, post, _scored_roots(store, root), batch_size, workers, progress)
-        return _index_locked(store, root, m, batch_size, workers, progress, max_pixels)
+        return _index_locked(store, root, m, batch_size, workers, progress, max_pixels, regions)
     finally:
         store.unlock()
 
 
-def _index_locked(store, root, model, batch_size, workers, progress, max_pixels) -> IndexSummary:
+def _index_locked(store, root, model, batch_size, workers, progress, max_pixels, regions=False) -> IndexSummary:
     clock = Throughput()
     flush_rows = _flush_rows()
     store.check_model(model.info)
     entries, found_skips = discover(root)
     known = store.known_files()
+    boxes = INDEX_BOXES if regions else ()
+    if regions:  # images indexed without region rows count as changed
+        known = {p: v for p, v in known.items() if p in store.paths_with_regions()}
     old_skips = store.read_skipped()
     old_skip_at = {s.path: (s.bytes, s.mtime_ns) for s in old_skips}
     present = {e.path for e in entries}
@@ -164,6 +177,8 @@ def _index_locked(store, root, model, batch_size, workers, progress, max_pixels)
 
     buffer_rows: list[Row] = []
     buffer_desc: list[np.ndarray] = []
+    buffer_regions: list[np.ndarray] = []  # with --regions: each row's region number and box
+    buffer_boxes: list[np.ndarray] = []
     last_flush = time.monotonic()
 
     def flush() -> None:
@@ -173,20 +188,35 @@ def _index_locked(store, root, model, batch_size, workers, progress, max_pixels)
             # disk must not make the interrupt handler's flush write the same rows again. One
             # landing before the rename loses this shard's rows, which the next run embeds.
             rows, descs = list(buffer_rows), list(buffer_desc)
+            kinds, kind_boxes = list(buffer_regions), list(buffer_boxes)
             buffer_rows.clear()
             buffer_desc.clear()
-            store.write_shard(store.next_shard_number(), rows_to_table(rows, np.concatenate(descs)))
-            summary.embedded += len(rows)
+            buffer_regions.clear()
+            buffer_boxes.clear()
+            if kinds:
+                table = rows_to_table(rows, np.concatenate(descs), np.concatenate(kinds), np.concatenate(kind_boxes))
+                summary.embedded += int((np.concatenate(kinds) == 0).sum())
+            else:
+                table = rows_to_table(rows, np.concatenate(descs))
+                summary.embedded += len(rows)
+            store.write_shard(store.next_shard_number(), table)
         store.write_skipped(keep_skips + new_skips)
         last_flush = time.monotonic()
 
     bar = _progress_bar(progress, len(todo), f"indexing with {model.name}")
     try:
         with bar, _sigterm_as_interrupt():
-            for batch in embed_entries(todo, model, batch_size, workers, max_pixels, progress=bar.advance):
+            for batch in embed_entries(todo, model, batch_size, workers, max_pixels, progress=bar.advance, boxes=boxes):
                 clock.add(len(batch.rows))
-                buffer_rows.extend(batch.rows)
-                buffer_desc.append(batch.descriptors)
+                if boxes:
+                    rows, descs, kinds, kind_boxes = with_region_rows(batch.rows, batch.descriptors, batch.region_descriptors, boxes)
+                    buffer_rows.extend(rows)
+                    buffer_desc.append(descs)
+                    buffer_regions.append(kinds)
+                    buffer_boxes.append(kind_boxes)
+                else:
+                    buffer_rows.extend(batch.rows)
+                    buffer_desc.append(batch.descriptors)
                 new_skips.extend(batch.skipped)
                 if len(buffer_rows) >= flush_rows or time.monotonic() - last_flush >= SHARD_SECONDS:
                     flush()
@@ -220,9 +250,10 @@ def _flush_rows() -> int:
 
 
 def _rebuild_faiss(store: IndexStore, model: DescriptorModel, roots: list[str], skipped: int) -> tuple[int, str]:
-    table = store.read_table(["descriptor"])
+    table = store.read_table(["descriptor", "region"])
     # The shards keep the model's own descriptors; FAISS holds them post-processed.
     vectors = load_postprocess(store, store.read_manifest()).transform(descriptors_of(table))
+    region_rows = int(pc.sum(pc.fill_null(pc.not_equal(table.column("region"), 0), False)).as_py() or 0)
     choice = ann.choose_index(len(vectors), vectors.shape[1])
     index = ann.build_index(vectors, choice)
     tmp = str(store.faiss_path) + ".tmp"
@@ -235,9 +266,11 @@ def _rebuild_faiss(store: IndexStore, model: DescriptorModel, roots: list[str], 
         "count": len(vectors),
         "shards_fingerprint": _faiss_fingerprint(store, store.read_manifest()),
     }
-    counts = {"images": len(vectors), "shards": len(store.shard_paths()), "skipped": skipped}
+    counts = {"images": len(vectors) - region_rows, "shards": len(store.shard_paths()), "skipped": skipped}
+    if region_rows:
+        counts["region_rows"] = region_rows
     store.write_manifest(model.info, counts, meta, roots)
-    return len(vectors), choice.factory
+    return len(vectors) - region_rows, choice.factory
 
 
 class _NoBar:
@@ -291,6 +324,7 @@ class LoadedIndex:
     index: object  # faiss.Index
     paths: list[str]
     post: PostProcess = field(default_factory=PostProcess)  # the index's stored post-processing
+    rows: RowTable | None = None  # each FAISS row's path, region number and box
 
     @property
     def model_ref(self) -> str:
@@ -305,13 +339,13 @@ def load_index(index_dir: str | os.PathLike | None = None) -> LoadedIndex:
     store = IndexStore(index_dir or default_index_dir())
     manifest = store.read_manifest()
     post = load_postprocess(store, manifest)
-    table = store.read_table(["descriptor"] if _stale(store, manifest) else [])
+    table = store.read_table(["descriptor", "region", "box"] if _stale(store, manifest) else ["region", "box"])
     paths = paths_of(table)
     if _stale(store, manifest):
         index = ann.build_index(post.transform(descriptors_of(table)))
     else:
         index = ann.load_index(str(store.faiss_path))
-    return LoadedIndex(store, manifest, index, paths, post)
+    return LoadedIndex(store, manifest, index, paths, post, RowTable.from_table(table, paths))
 
 
 def _stale(store: IndexStore, manifest: dict) -> bool:
@@ -372,6 +406,8 @@ def query_folder(
     report: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     post: PostOptions | None = None,
+    regions: bool = False,
+    region_settings: RegionSettings | None = None,
 ) -> QuerySummary:
     """Match every image under `folder` against the index: OUT/matches.csv and OUT/report.html.
 
@@ -379,6 +415,8 @@ def query_folder(
     the index's suggested threshold with post-processing, else DEFAULT_THRESHOLD). A file
     matched against itself (same path) is left out. With score normalisation in the index, a
     score is the cosine less the query's background bias (see copyscan.postprocess).
+    `regions` also scores crops of uncertain queries, the index's region rows and verified boxes
+    (copyscan.region_search); every match gets the box of the copy on each side.
     """
     clock = Throughput()
     loaded = load_index(index_dir)
@@ -394,33 +432,65 @@ def query_folder(
     summary = QuerySummary(str(out), queries=len(entries), csv_path=str(out / "matches.csv"))
     shown: list[tuple[float, int, QueryResult]] = []  # best results for the HTML page, bounded
     bar = _progress_bar(progress, len(entries), f"querying with {m.name}")
+    rows_info = loaded.rows
+    settings = region_settings or RegionSettings()
+    # Search sees whole-image rows only, whatever else the index holds, unless asked to score the
+    # references' region rows too (they do not pay for queries: see RegionSettings).
+    use_region_rows = regions and settings.reference_regions
+    params = None if use_region_rows else global_only_params(loaded.index, rows_info)
+    per_image = rows_info.per_image if use_region_rows else 1
+    refiner = (Refiner(m, loaded.index, rows_info, loaded.post, settings, report_floor=floor,
+                       batch_size=batch_size, workers=0, max_pixels=max_pixels) if regions else None)
+    pending: list[tuple[object, PendingQuery]] = []
     with open(out / "matches.csv", "w", newline="", encoding="utf-8") as fh, bar:
         writer = csv.writer(fh)
-        writer.writerow(["query_path", "reference_path", "score", "rank"])
+        writer.writerow(["query_path", "reference_path", "score", "rank", *BOX_COLUMNS])
+
+        def emit(row, candidates: dict[str, Candidate]) -> None:
+            result = QueryResult(row.path, width=row.width, height=row.height)
+            for ref, c in sorted(candidates.items(), key=lambda t: -t[1].score):
+                if c.score < floor or len(result.matches) == top_k:
+                    continue
+                result.matches.append(Match(ref, c.score, len(result.matches) + 1, c.query_box, c.reference_box))
+                writer.writerow([display_path(row.path), display_path(ref), f"{c.score:.6f}", len(result.matches),
+                                 *format_box(c.query_box), *format_box(c.reference_box)])
+            if result.matches:
+                summary.with_match += 1
+                summary.matches += len(result.matches)
+                item = (result.matches[0].score, clock.count, result)
+                clock.add(1)
+                if len(shown) < REPORT_ITEMS:
+                    heapq.heappush(shown, item)
+                else:
+                    heapq.heappushpop(shown, item)
+
+        def refine_pending() -> None:
+            refiner.refine([p for _, p in pending], top_k + 1)
+            for row, p in pending:
+                p.candidates.pop(row.path, None)  # a file matched against itself (found by a crop)
+                emit(row, p.candidates)
+            pending.clear()
+
         for batch in embed_entries(entries, m, batch_size, workers, max_pixels, progress=bar.advance):
             skipped.extend(batch.skipped)
             summary.queries -= len(batch.skipped)  # unreadable files were never searched
             if not batch.rows:
                 continue
             queries = loaded.post.transform(batch.descriptors)
-            scores, ids = ann.search(loaded.index, queries, top_k + 1)
+            scores, ids = search_rows(loaded.index, queries, (top_k + 1) * per_image, params)
             scores = scores - loaded.post.bias(queries)[:, None]
-            for row, s_row, i_row in zip(batch.rows, scores, ids):
-                result = QueryResult(row.path, width=row.width, height=row.height)
-                for s, i in zip(s_row, i_row):
-                    if i < 0 or s < floor or loaded.paths[i] == row.path or len(result.matches) == top_k:
-                        continue
-                    result.matches.append(Match(loaded.paths[i], float(s), len(result.matches) + 1))
-                    writer.writerow([display_path(row.path), display_path(loaded.paths[i]), f"{s:.6f}", len(result.matches)])
-                if result.matches:
-                    summary.with_match += 1
-                    summary.matches += len(result.matches)
-                    item = (result.matches[0].score, clock.count, result)
-                    clock.add(1)
-                    if len(shown) < REPORT_ITEMS:
-                        heapq.heappush(shown, item)
-                    else:
-                        heapq.heappushpop(shown, item)
+            for row, vector, s_row, i_row in zip(batch.rows, queries, scores, ids):
+                candidates: dict[str, Candidate] = {}
+                merge_hits(candidates, s_row, i_row, rows_info)
+                candidates.pop(row.path, None)  # a file matched against itself
+                if refiner is None:
+                    emit(row, candidates)
+                else:
+                    pending.append((row, PendingQuery(row.path, vector, candidates)))
+            if refiner is not None and len(pending) >= refiner.settings.chunk:
+                refine_pending()
+        if refiner is not None and pending:
+            refine_pending()
     summary.skipped = skipped
     if report:
         from .report import write_query_report
@@ -452,10 +522,13 @@ def dedupe(
     report: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     post: PostOptions | None = None,
+    regions: bool = False,
 ) -> DedupeSummary:
     """Find groups of copies inside `folder`: OUT/groups.csv, OUT/groups.json, OUT/report.html.
 
     The folder is first indexed (incrementally) into the index; nothing in it is modified.
+    `regions` also pairs an image's region rows with other whole images (a photo inside a
+    screenshot), and gives each copy the box where it sits (copyscan.region_search).
     """
     clock = Throughput()
     root = resolve_root(folder)
@@ -463,8 +536,12 @@ def dedupe(
     if model is None:
         model = _existing_model_ref(store) or DEFAULT_MODEL
     m = _model(model, device)
-    index_summary = index_folder(root, store.folder, m, batch_size, workers, device, progress, max_pixels, post)
-    table = store.read_table(["width", "height", "bytes", "content_hash", "pixel_hash", "descriptor"], root=root)
+    index_summary = index_folder(root, store.folder, m, batch_size, workers, device, progress, max_pixels, post, regions)
+    table = store.read_table(["width", "height", "bytes", "content_hash", "pixel_hash", "descriptor", "region", "box"], root=root)
+    row_info = RowTable.from_table(table, paths_of(table))
+    region_table = table
+    regions = regions and row_info.has_regions
+    table = table.filter(pa.array(row_info.regions == 0))  # one row per image: the whole image's
     paths = paths_of(table)
     post_process = load_postprocess(store, store.read_manifest())
     threshold = default_threshold(store.read_manifest()) if threshold is None else threshold
@@ -476,8 +553,19 @@ def dedupe(
             table.column("content_hash").to_pylist(), table.column("pixel_hash").to_pylist(),
         )
     ]
-    pairs = _find_pairs_normalised(vectors, threshold, post_process)
+    if regions:
+        # Every row (whole images and regions) against every row; then per image pair, the best.
+        item_of_path = {p: i for i, p in enumerate(paths)}
+        item_of_row = np.asarray([item_of_path.get(p, -1) for p in row_info.paths], dtype=np.int64)
+        raw = _find_pairs_normalised(post_process.transform(descriptors_of(region_table)), threshold, post_process)
+        found = image_pairs(raw.first, raw.second, raw.score, row_info, item_of_row)
+        place_boxes(found, paths)
+        pairs = Pairs(found.first, found.second, found.score)
+    else:
+        pairs = _find_pairs_normalised(vectors, threshold, post_process)
     groups = build_groups(items, pairs, threshold)
+    if regions:
+        annotate_groups(groups, found, item_of_path)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     summary = DedupeSummary(str(out), index_summary, len(items), groups)
@@ -554,10 +642,11 @@ def find_pairs(vectors: np.ndarray, threshold: float, query_rows: np.ndarray | N
 def write_groups_csv(path: Path, groups: list[Group]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["group_id", "path", "role", "score", "width", "height", "bytes"])
+        writer.writerow(["group_id", "path", "role", "score", "width", "height", "bytes", *GROUP_BOX_COLUMNS])
         for g in groups:
             for mem in g.members:
-                writer.writerow([g.group_id, display_path(mem.path), mem.role, f"{mem.score:.6f}", mem.width, mem.height, mem.bytes])
+                writer.writerow([g.group_id, display_path(mem.path), mem.role, f"{mem.score:.6f}", mem.width, mem.height, mem.bytes,
+                                 *format_box(mem.box), *format_box(mem.keep_box)])
 
 
 def write_groups_json(path: Path, groups: list[Group], threshold: float, model: str) -> None:
@@ -571,7 +660,8 @@ def write_groups_json(path: Path, groups: list[Group], threshold: float, model: 
                 "keep_reason": g.keep_reason,
                 "members": [
                     {"path": display_path(mem.path), "role": mem.role, "score": round(mem.score, 6), "match": mem.match,
-                     "width": mem.width, "height": mem.height, "bytes": mem.bytes}
+                     "width": mem.width, "height": mem.height, "bytes": mem.bytes,
+                     "box": list(mem.box), "keep_box": list(mem.keep_box), "box_area": round(mem.box_area, 4)}
                     for mem in g.members
                 ],
             }

@@ -76,6 +76,7 @@ BatchOpt = typer.Option(32, "--batch-size", "-b", min=1, help="Images per model 
 WorkersOpt = typer.Option(None, "--workers", "-j", min=0, help="Decoding processes [default: one a core, at most 8; on a GPU all cores but one, at most 16].")
 DeviceOpt = typer.Option(Device.auto, "--device", help="Where the model runs.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+RegionsOpt = typer.Option(False, "--regions", help="Partial copies too (a photo inside a screenshot or collage, a crop): region rows in the index, crops of uncertain queries, geometric verification; each match gets the box of the copy on each side.")
 # Post-processing: given on index, query, dedupe or eval, it is stored in the index for later runs.
 BackgroundOpt = typer.Option(None, "--background", help="Photos unrelated to the references and queries to fit whitening and score normalisation on (both on by default); kept in the index.", show_default=False)
 WhitenOpt = typer.Option(None, "--whiten/--no-whiten", help="PCA whitening + L2 norm of descriptors [default: as stored in the index].", show_default=False)
@@ -104,10 +105,11 @@ def index(
     score_norm: Optional[bool] = ScoreNormOpt,
     whiten_dim: Optional[int] = WhitenDimOpt,
     beta: Optional[float] = BetaOpt,
+    regions: bool = RegionsOpt,
 ) -> None:
     """Embed the images of FOLDER into an index (only new or changed files; removed ones are dropped)."""
     s = _run(api.index_folder, folder, index_dir, model or DEFAULT_MODEL, batch_size, workers, device.value, not quiet,
-             post=_post(background, whiten, score_norm, whiten_dim, beta))
+             post=_post(background, whiten, score_norm, whiten_dim, beta), regions=regions)
     _print_index_summary(s)
 
 
@@ -128,10 +130,11 @@ def query(
     score_norm: Optional[bool] = ScoreNormOpt,
     whiten_dim: Optional[int] = WhitenDimOpt,
     beta: Optional[float] = BetaOpt,
+    regions: bool = RegionsOpt,
 ) -> None:
     """Match every image of FOLDER against the index; writes OUTPUT/matches.csv and OUTPUT/report.html."""
     s = _run(api.query_folder, folder, index_dir, output, threshold, top_k, model, batch_size, workers, device.value, not quiet,
-             post=_post(background, whiten, score_norm, whiten_dim, beta))
+             post=_post(background, whiten, score_norm, whiten_dim, beta), regions=regions)
     out.print(f"[bold]{s.queries}[/] queries, [bold]{s.with_match}[/] with a match, {s.matches} matches in all ({s.seconds:.1f} s)")
     _print_skipped(s.skipped, None)
     out.print(f"matches: {_esc(s.csv_path)}")
@@ -155,10 +158,11 @@ def dedupe(
     score_norm: Optional[bool] = ScoreNormOpt,
     whiten_dim: Optional[int] = WhitenDimOpt,
     beta: Optional[float] = BetaOpt,
+    regions: bool = RegionsOpt,
 ) -> None:
     """Find groups of copies inside FOLDER and choose the image to keep in each. Nothing is moved or deleted."""
     s = _run(api.dedupe, folder, output, threshold, index_dir, model, batch_size, workers, device.value, not quiet,
-             post=_post(background, whiten, score_norm, whiten_dim, beta))
+             post=_post(background, whiten, score_norm, whiten_dim, beta), regions=regions)
     _print_index_summary(s.index)
     out.print(
         f"[bold]{len(s.groups)}[/] groups of copies among {s.images} images: {s.copies} copies "
@@ -422,6 +426,7 @@ def calibrate(
     workers: Optional[int] = WorkersOpt,
     device: Device = DeviceOpt,
     quiet: bool = QuietOpt,
+    regions: bool = typer.Option(False, "--regions", help="Score the copies as `query --regions` does (crops of uncertain copies)."),
 ) -> None:
     """Pick a threshold from your own photos: edited copies of a sample against the rest, at a named precision."""
     from .calibrate import DEFAULT_PRECISIONS, calibrate as run_calibration, write_outputs
@@ -436,7 +441,8 @@ def calibrate(
                 spinner.update(f"calibrating: {done[0]} photos and edited copies embedded")
 
         cal = _run(run_calibration, folder, model or DEFAULT_MODEL, sample, names, difficulty,
-                   tuple(precision or DEFAULT_PRECISIONS), threshold, seed, batch_size, workers, device.value, tick)
+                   tuple(precision or DEFAULT_PRECISIONS), threshold, seed, batch_size, workers, device.value, tick,
+                   regions=regions)
     files = _run(write_outputs, cal, output)
     out.print(f"{cal.model} on {cal.originals} photos of {_esc(cal.folder)}: {cal.copies} edited copies, "
               f"{cal.non_copy_pairs:,} non-copy pairs")
@@ -472,6 +478,7 @@ def eval_cmd(
     score_norm: Optional[bool] = ScoreNormOpt,
     whiten_dim: Optional[int] = WhitenDimOpt,
     beta: Optional[float] = BetaOpt,
+    regions: bool = typer.Option(False, "--regions", help="Query with --regions (crops of uncertain queries, geometric verification)."),
     batch_size: int = BatchOpt,
     workers: Optional[int] = WorkersOpt,
     device: Device = DeviceOpt,
@@ -497,7 +504,7 @@ def eval_cmd(
     else:
         result = _run(evaluate_bench, bench_dir, output, model, index_dir, top_k,
                       _post(background, whiten, score_norm, whiten_dim, beta), batch_size, workers, device.value,
-                      not (quiet or json_out))
+                      not (quiet or json_out), regions=regions)
         metrics, doc, per_edit, bench_run = result.metrics, result.to_dict(), result.per_edit, result
     if json_out:
         print(json.dumps(doc))

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, decode_file
 from .discover import FileEntry, Skipped
 from .models.base import DescriptorModel
+from .regions import Box, region_pixels
 from .store import Row
 
 
@@ -47,10 +48,11 @@ def lower_priority(niceness: int, _worker_id: int = 0) -> None:
 
 
 class _Files(Dataset):
-    def __init__(self, entries: Sequence[FileEntry], size: int, max_pixels: int):
+    def __init__(self, entries: Sequence[FileEntry], size: int, max_pixels: int, boxes: Sequence[Box] = ()):
         self.entries = entries
         self.size = size
         self.max_pixels = max_pixels
+        self.boxes = boxes  # region crops to embed too (copyscan.regions)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -59,6 +61,8 @@ class _Files(Dataset):
         entry = self.entries[i]
         try:
             d = decode_file(entry.path, self.size, self.max_pixels)
+            if self.boxes:
+                return i, (d.pixels, region_pixels(entry.path, self.size, self.boxes, self.max_pixels)), (d.width, d.height, d.content_hash, d.pixel_hash)
         except DecodeError as exc:
             return i, None, str(exc)
         except Exception as exc:  # a decoder bug must cost one file, not the run
@@ -69,7 +73,10 @@ class _Files(Dataset):
 def _collate(items):
     good = [(i, px, meta) for i, px, meta in items if px is not None]
     bad = [(i, reason) for i, px, reason in items if px is None]
-    pixels = torch.from_numpy(np.stack([px for _, px, _ in good])) if good else None
+    if good and isinstance(good[0][1], tuple):  # whole images and their region crops, in one batch
+        pixels = torch.from_numpy(np.concatenate([np.stack([px[0] for _, px, _ in good])] + [px[1] for _, px, _ in good]))
+    else:
+        pixels = torch.from_numpy(np.stack([px for _, px, _ in good])) if good else None
     return [i for i, _, _ in good], pixels, [m for _, _, m in good], bad
 
 
@@ -78,6 +85,8 @@ class EmbeddedBatch:
     rows: list[Row]
     descriptors: np.ndarray  # (len(rows), dim) float32
     skipped: list[Skipped]
+    # With `boxes`: (len(rows) * len(boxes), dim), row-major (each row's boxes in order).
+    region_descriptors: np.ndarray | None = None
 
 
 def embed_entries(
@@ -87,13 +96,17 @@ def embed_entries(
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress=None,
+    boxes: Sequence[Box] = (),
 ) -> Iterator[EmbeddedBatch]:
-    """Yield embedded batches in order of completion; `progress(n_done_in_batch)` is called per batch."""
+    """Yield embedded batches in order of completion; `progress(n_done_in_batch)` is called per batch.
+
+    `boxes` (copyscan.regions) also embeds those crops of every image, in the same batches.
+    """
     if not entries:
         return
     workers = default_workers(gpu=model.device.type == "cuda") if workers is None else workers
     loader = DataLoader(
-        _Files(entries, model.input_size, max_pixels),
+        _Files(entries, model.input_size, max_pixels, tuple(boxes)),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
@@ -112,7 +125,10 @@ def embed_entries(
         skipped = [Skipped(entries[i].path, reason, entries[i].bytes, entries[i].mtime_ns) for i, reason in bad]
         if progress is not None:
             progress(len(indices) + len(bad))
-        yield EmbeddedBatch(rows, descriptors, skipped)
+        if boxes:
+            yield EmbeddedBatch(rows, descriptors[: len(rows)], skipped, descriptors[len(rows):])
+        else:
+            yield EmbeddedBatch(rows, descriptors, skipped)
 
 
 class Throughput:

@@ -149,12 +149,14 @@ def evaluate_bench(
     workers: int | None = None,
     device: str = "auto",
     progress: bool = False,
+    regions: bool = False,
 ) -> BenchEvaluation:
     """Index BENCH/references (incrementally, into OUT/index unless `index_dir`), query
     BENCH/queries keeping each query's top-k whatever the score, and score the predictions.
 
     `post` (a `postprocess.PostOptions`) sets up whitening / score normalisation in the index
-    first; without it the index's stored setting (if any) is used.
+    first; without it the index's stored setting (if any) is used. `regions` queries with
+    --regions (copyscan.region_search).
     """
     bench = Path(bench_dir)
     _check_bench(bench)
@@ -178,7 +180,7 @@ def evaluate_bench(
                         "references; use a fresh --index-dir")
     # -inf keeps every top-k match: normalised scores can fall below -1.
     queried = api.query_folder(query_root, index_dir, out, -math.inf, top_k, None, batch_size, workers, device,
-                               progress, report=False)
+                               progress, report=False, regions=regions)
     predictions = _predictions_from_matches(out / "matches.csv", query_root, ref_root)
     try:
         metrics = evaluate(gt, predictions, unknown_queries="error")

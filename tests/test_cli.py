@@ -36,6 +36,7 @@ from conftest import make_photo, photo_array
 import copyscan.api as api
 from copyscan.cli import app
 from copyscan.decode import decode_file
+from copyscan.region_search import BOX_COLUMNS, GROUP_BOX_COLUMNS
 from copyscan.models.base import DescriptorModel
 from copyscan.store import IndexStore, descriptors_of, paths_of
 
@@ -228,7 +229,7 @@ def test_query_finds_default_index_and_writes_matches(cwd, tiny_model_path):
     r = cli("query", "./refs", "--model", tiny_model_path, "--threshold", "-1", "--top-k", "3", "-j", "0", "-q")
     out = cwd / "copyscan-query"
     header, rows = read_csv(out / "matches.csv")
-    assert header == ["query_path", "reference_path", "score", "rank"]
+    assert header == ["query_path", "reference_path", "score", "rank", *BOX_COLUMNS]
     assert (out / "report.html").exists()
     by_query: dict[str, list[dict[str, str]]] = {}
     for row in rows:
@@ -254,7 +255,7 @@ def test_query_threshold_filters(cwd, tiny_model_path):
     cli("index", "./refs", "--model", tiny_model_path, "-j", "0", "-q")
     cli("query", "./refs", "--threshold", "1.01", "-j", "0", "-q")
     header, rows = read_csv(cwd / "copyscan-query" / "matches.csv")
-    assert header == ["query_path", "reference_path", "score", "rank"] and rows == []
+    assert header == ["query_path", "reference_path", "score", "rank", *BOX_COLUMNS] and rows == []
 
 
 # ---- dedupe -------------------------------------------------------------------------------------
@@ -280,7 +281,7 @@ def test_dedupe_groups_exact_and_near_copies_and_leaves_folder_alone(cwd, calibr
     assert snapshot(cwd / "photos") == before, "dedupe changed the user's folder"
 
     header, rows, doc = _groups(cwd)
-    assert header == ["group_id", "path", "role", "score", "width", "height", "bytes"]
+    assert header == ["group_id", "path", "role", "score", "width", "height", "bytes", *GROUP_BOX_COLUMNS]
     assert (cwd / "copyscan-dedupe" / "report.html").exists()
     groups: dict[str, list[dict[str, str]]] = {}
     for row in rows:
