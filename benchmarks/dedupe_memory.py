@@ -10,7 +10,7 @@ Each case (N:dim) runs in a fresh Python process, so every figure starts from an
    (cosine about 0.86-0.98 to their original, 1 to 5 copies per original) and a few are
    byte-identical files (same vector, same content hash);
 2. one `Item` per image, as `copyscan.dedupe` builds from the index;
-3. `copyscan.api.find_pairs` (FAISS index chosen by `ann.choose_index`) and
+3. `copyscan.search.find_pairs` (FAISS index chosen by `ann.choose_index`) and
    `copyscan.group.build_groups` at the threshold.
 
 From N = 500k (`--large`) only a random 5% of the rows are searched by default
@@ -98,7 +98,7 @@ def run_case(n: int, dim: int, dup_fraction: float, threshold: float, seed: int,
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from copyscan import ann
-    from copyscan.api import find_pairs
+    from copyscan.search import find_pairs
     from copyscan.group import Item, build_groups
 
     rss = {"imports": peak_rss_mb()}

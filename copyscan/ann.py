@@ -1,4 +1,4 @@
-"""Stage 5: the FAISS index, its type chosen by size, and neighbour search with a score floor.
+"""Stage 5 (index): the FAISS index, its type chosen by size, and neighbour search with a score floor.
 
 The rule (in the spirit of autofaiss, which picks by memory and latency budget):
 
@@ -11,7 +11,9 @@ The rule (in the spirit of autofaiss, which picks by memory and latency budget):
   small loss of recall; the scores it returns are still exact inner products, so a threshold means
   the same as with `Flat`.
 
-Scores are cosine similarities: every descriptor is L2-normalised before it is stored.
+FAISS returns the final score: the vectors it holds and the queries it gets are in the score
+rule's form (score.py), so `search_above_flat`'s floor is the one place a threshold is applied.
+This module knows FAISS, not the index folder: store.py saves and loads the file.
 """
 
 from __future__ import annotations
@@ -73,13 +75,10 @@ def save_index(index: faiss.Index, path: str) -> None:
     faiss.write_index(index, path)
 
 
-def load_index(path: str) -> faiss.Index:
+def load_index(path: str, nprobe: int = 0) -> faiss.Index:
+    """A saved index; an IVF one searches `nprobe` lists (as chosen when it was built)."""
     index = faiss.read_index(path)
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return index
-    set_nprobe(index, max(16, ivf.nlist // 16))
+    set_nprobe(index, nprobe)
     return index
 
 
@@ -103,7 +102,7 @@ def search_above(index: faiss.Index, queries: np.ndarray, threshold: float, k: i
 
 
 def search_above_flat(index: faiss.Index, queries: np.ndarray, threshold: float, k: int = 32,
-                      max_k: int = 100_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      max_k: int = 100_000, params=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (query row, neighbour id, score) with score >= `threshold`, as three flat arrays.
 
     Sorted by query row, then by score (best first). Starts at `k` neighbours and grows k fourfold
@@ -124,7 +123,8 @@ def search_above_flat(index: faiss.Index, queries: np.ndarray, threshold: float,
         grow: list[np.ndarray] = []
         for start in range(0, len(pending), chunk):
             rows = pending[start:start + chunk]
-            scores, ids = index.search(queries[rows], k)
+            # `params`: FAISS search parameters, e.g. a selector of whole-image rows (region_search).
+            scores, ids = index.search(queries[rows], k, params=params) if params is not None else index.search(queries[rows], k)
             hit = (ids >= 0) & (scores >= threshold)
             # A query whose every neighbour is a hit may have more: ask again with a larger k.
             full = hit.all(axis=1) if k < min(n, max_k) else np.zeros(len(rows), dtype=bool)

@@ -1,13 +1,13 @@
-"""Stage 3: decode files in worker processes and embed them in batches.
+"""Stage 3 (embed): decode files in worker processes and embed them in batches: the local engine.
 
 A torch DataLoader runs `decode_file` in `workers` processes, so decoding overlaps with the
 model; each item carries either pixels or the reason it failed, and failures never stop the run.
+`embed_entries` is what indexing.py calls an engine: entries in, `EmbeddedBatch`es out.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Iterator, Sequence
@@ -131,20 +131,80 @@ def embed_entries(
             yield EmbeddedBatch(rows, descriptors, skipped)
 
 
-class Throughput:
-    """Images per second over a run, for summaries."""
+# ---- region crops (copyscan.regions) ------------------------------------------------------------
 
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.count = 0
 
-    def add(self, n: int) -> None:
-        self.count += n
+@dataclass
+class RegionBatch:
+    """Region descriptors of some images: rows `owner[i]` of the request, box `boxes[i]`."""
 
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.start
+    owner: np.ndarray  # (n,) int64: which requested item each descriptor belongs to
+    boxes: list[Box]
+    descriptors: np.ndarray  # (n, dim) float32
+    failed: list[tuple[int, str]]  # (item, reason): files that could not be decoded now
 
-    @property
-    def rate(self) -> float:
-        return self.count / self.seconds if self.seconds > 0 else 0.0
+
+class _Requests(Dataset):
+    """(path, boxes) requests: each file decoded once, at the resolution its smallest box needs."""
+
+    def __init__(self, requests: Sequence[tuple[str, Sequence[Box]]], size: int, max_pixels: int):
+        self.requests = requests
+        self.size = size
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def __getitem__(self, i: int):
+        path, boxes = self.requests[i]
+        try:
+            return i, region_pixels(path, self.size, boxes, self.max_pixels), None
+        except DecodeError as exc:
+            return i, None, str(exc)
+        except Exception as exc:  # a decoder bug must cost one file, not the run
+            return i, None, f"unexpected decoder error: {type(exc).__name__}: {exc}"
+
+
+def _collate_requests(items):
+    return items  # each item keeps its own stack of crops
+
+
+def embed_regions(
+    requests: Sequence[tuple[str, Sequence[Box]]],
+    model,
+    batch_size: int = 32,
+    workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Iterator[RegionBatch]:
+    """Embed the boxes of each (path, boxes) request; yields batches of about `batch_size` crops.
+
+    Files are decoded again (once each, at the resolution the smallest box needs) in worker
+    processes, as in copyscan.embed.
+    """
+    if not requests:
+        return
+    workers = default_workers(gpu=model.device.type == "cuda") if workers is None else workers
+    per_file = max(1, max(len(b) for _, b in requests))
+    loader = DataLoader(
+        _Requests(requests, model.input_size, max_pixels),
+        batch_size=max(1, batch_size // per_file), num_workers=workers, collate_fn=_collate_requests,
+        prefetch_factor=4 if workers else None,
+        worker_init_fn=partial(lower_priority, CPU_DECODE_NICENESS) if model.device.type == "cpu" and workers else None,
+    )
+    for items in loader:
+        owner: list[int] = []
+        boxes: list[Box] = []
+        stacks = []
+        failed = []
+        for i, pixels, reason in items:
+            if pixels is None:
+                failed.append((i, reason))
+                continue
+            owner.extend([i] * len(pixels))
+            boxes.extend(requests[i][1])
+            stacks.append(pixels)
+        if stacks:
+            descriptors = model.embed(torch.from_numpy(np.concatenate(stacks)))
+        else:
+            descriptors = np.zeros((0, model.dim), np.float32)
+        yield RegionBatch(np.asarray(owner, dtype=np.int64), boxes, descriptors, failed)

@@ -32,7 +32,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .regions import FULL_BOX, Box, crop, embed_regions, grid_boxes
+from .regions import FULL_BOX, Box, RowTable, crop, grid_boxes, whole_image_params
 
 # One centred crop of 60% of each side: on the dev benchmark it alone gives nearly all of what
 # a 3 x 3 grid of 60% crops plus a 2 x 2 grid of 75% crops gives (0.764 vs 0.769 micro AP, base
@@ -69,57 +69,9 @@ class Candidate:
     row: int = -1  # the reference's whole-image row in the index, -1 when unknown
 
 
-@dataclass
-class RowTable:
-    """What each FAISS row of an index is: its path, region number (0 whole image) and box."""
-
-    paths: list[str]
-    regions: np.ndarray  # (n,) int16
-    boxes: np.ndarray  # (n, 4) float32; FULL_BOX for whole-image rows
-    global_of: dict[str, int] = field(default_factory=dict)  # path -> its whole-image row
-
-    @classmethod
-    def from_table(cls, table, paths: list[str]) -> "RowTable":
-        n = len(paths)
-        regions = np.zeros(n, np.int16)
-        boxes = np.tile(np.asarray(FULL_BOX, np.float32), (n, 1))
-        if "region" in table.column_names:
-            col = table.column("region").to_numpy(zero_copy_only=False)
-            regions = np.nan_to_num(col.astype(np.float64), nan=0).astype(np.int16)
-            box_col = table.column("box").to_pylist()
-            for i, b in enumerate(box_col):
-                if b is not None and regions[i] != 0:
-                    boxes[i] = b
-        rows = cls(paths, regions, boxes)
-        rows.global_of = {p: i for i, p in enumerate(paths) if regions[i] == 0}
-        return rows
-
-    @property
-    def has_regions(self) -> bool:
-        return bool((self.regions != 0).any())
-
-    @property
-    def per_image(self) -> int:
-        """Rows per image at most (1 without region rows)."""
-        return 1 + int(self.regions.max(initial=0))
-
-
-def global_only_params(index, rows: RowTable):
-    """FAISS search parameters that see whole-image rows only (plain search on an index that also
-    holds region rows must not change), or None when every row is one."""
-    if not rows.has_regions:
-        return None
-    import faiss
-
-    selector = faiss.IDSelectorBatch(np.nonzero(rows.regions == 0)[0].astype(np.int64))
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return faiss.SearchParameters(sel=selector)
-    return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
-
-
 def search(index, queries: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores, ids) of queries in the score rule's query form: every candidate, whatever its
+    score (a crop may raise it); the threshold applies to a pair's best score (`query_batches`)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = max(1, min(k, index.ntotal)) if index.ntotal else 1
     return index.search(queries, k, params=params) if params is not None else index.search(queries, k)
@@ -148,7 +100,7 @@ class PendingQuery:
     """A query waiting for refinement: its path, post-processed descriptor and candidates."""
 
     path: str
-    vector: np.ndarray  # post-processed whole-image descriptor
+    vector: np.ndarray  # the whole image in the score rule's query form (score.queries_of)
     candidates: dict[str, Candidate]
 
 
@@ -157,6 +109,8 @@ class Refiner:
 
     def __init__(self, model, index, rows: RowTable, post, settings: RegionSettings, *, report_floor: float,
                  batch_size: int = 32, workers: int | None = 0, max_pixels: int | None = None):
+        """`index` holds references in the score rule's form (score.py); `post` is the index's
+        post-processing, from which crops get the same form, so every score is the rule's."""
         self.model = model
         self.index = index
         self.rows = rows
@@ -192,15 +146,16 @@ class Refiner:
         if not todo or not s.query_boxes:
             return
         self.stats["cropped"] += len(todo)
-        params = global_only_params(self.index, self.rows)
-        per_image = self.rows.per_image
+        from .score import queries_of
+
+        params = whole_image_params(self.index, self.rows)
+        from .embed import embed_regions
+
         for batch in embed_regions([(q.path, s.query_boxes) for q in todo], self.model, **self._kw()):
             if not len(batch.owner):
                 continue
             self.stats["crops"] += len(batch.owner)
-            vectors = self.post.transform(batch.descriptors)
-            scores, ids = search(self.index, vectors, self.k * per_image, params)
-            scores = scores - self.post.bias(vectors)[:, None]
+            scores, ids = search(self.index, queries_of(self.post, batch.descriptors), self.k, params)
             for owner, box, s_row, i_row in zip(batch.owner, batch.boxes, scores, ids):
                 merge_hits(todo[owner].candidates, s_row, i_row, self.rows, query_box=box)
 
@@ -246,20 +201,23 @@ class Refiner:
             return
         import torch
 
-        vectors = []
+        from .score import queries_of, references_of
+
+        descriptors = []
         for start in range(0, len(crops), self.batch_size):
-            vectors.append(self.model.embed(torch.from_numpy(np.stack(crops[start:start + self.batch_size]))))
-        vectors = self.post.transform(np.concatenate(vectors))
-        bias = self.post.bias(vectors)
-        for (q, ref, v, side), vec, b in zip(jobs, vectors, bias):
+            descriptors.append(self.model.embed(torch.from_numpy(np.stack(crops[start:start + self.batch_size]))))
+        descriptors = np.concatenate(descriptors)
+        as_query = queries_of(self.post, descriptors)
+        as_reference = references_of(self.post, descriptors)
+        for k, (q, ref, v, side) in enumerate(jobs):
             cand = q.candidates[ref]
-            if side == "query":  # the query's box against the reference's whole image
+            if side == "query":  # the query's box, as a query, against the reference's whole image
                 other = self._reference_vector(cand.row)
                 if other is None:
                     continue
-                score = float(vec @ other) - float(b)
-            else:  # the reference's box against the query's whole image (the query's bias)
-                score = float(vec @ q.vector) - float(self.post.bias(q.vector[None])[0])
+                score = float(as_query[k] @ other)
+            else:  # the reference's box, as a reference, against the query's whole image
+                score = float(as_reference[k] @ q.vector)
             q.candidates[ref] = Candidate(max(cand.score, score), v.query_box, v.reference_box, "verified", cand.row)
 
     def _reference(self, path: str):
@@ -281,6 +239,61 @@ class Refiner:
         if row not in self._ref_vectors:
             self._ref_vectors[row] = _reconstruct(self.index, row)
         return self._ref_vectors[row]
+
+
+# ---- query ---------------------------------------------------------------------------------------
+
+
+def query_batches_with_regions(loaded, entries, model, extraction, top_k: int, threshold: float,
+                               settings: RegionSettings | None = None, advance=None):
+    """search.query_batches with regions: per chunk of queries, the results (up to `top_k` matches
+    whose best score is at least `threshold`, each with its boxes) and the skipped files."""
+    from .embed import embed_entries
+    from .results import Match, QueryResult
+    from .score import queries_of, score_floor
+
+    floor = score_floor(threshold)
+    settings = settings or RegionSettings()
+    rows = loaded.rows
+    use_region_rows = settings.reference_regions and rows.has_regions
+    params = None if use_region_rows else whole_image_params(loaded.index, rows)
+    per_image = rows.per_image if use_region_rows else 1
+    refiner = Refiner(model, loaded.index, rows, loaded.post, settings, report_floor=floor,
+                      batch_size=extraction.batch_size, workers=0, max_pixels=extraction.max_pixels)
+    pending: list[tuple[object, PendingQuery]] = []
+    skipped: list = []
+
+    def finish():
+        refiner.refine([p for _, p in pending], top_k + 1)
+        results = []
+        for row, p in pending:
+            p.candidates.pop(row.path, None)  # a file is never its own match (a crop may find it)
+            result = QueryResult(row.path, width=row.width, height=row.height)
+            for ref, c in sorted(p.candidates.items(), key=lambda t: -t[1].score):
+                if c.score < floor or len(result.matches) == top_k:
+                    continue
+                result.matches.append(Match(ref, c.score, len(result.matches) + 1, c.query_box, c.reference_box))
+            results.append(result)
+        done = (results, list(skipped))
+        pending.clear()
+        skipped.clear()
+        return done
+
+    for batch in embed_entries(entries, model, extraction.batch_size, extraction.workers, extraction.max_pixels,
+                               progress=advance):
+        skipped.extend(batch.skipped)
+        if batch.rows:
+            queries = queries_of(loaded.post, batch.descriptors)
+            scores, ids = search(loaded.index, queries, (top_k + 1) * per_image, params)
+            for row, vector, s_row, i_row in zip(batch.rows, queries, scores, ids):
+                candidates: dict[str, Candidate] = {}
+                merge_hits(candidates, s_row, i_row, rows, allow_region_rows=use_region_rows)
+                candidates.pop(row.path, None)
+                pending.append((row, PendingQuery(row.path, vector, candidates)))
+        if len(pending) >= settings.chunk:
+            yield finish()
+    if pending or skipped:
+        yield finish()
 
 
 def _reconstruct(index, row: int) -> np.ndarray:
@@ -306,20 +319,6 @@ def _open(path: str):
     return img
 
 
-def format_box(box: Box) -> list[str]:
-    return [f"{v:.4f}" for v in box]
-
-
-# groups.csv: where the copy sits in this member, and which part of the group's kept image it shows.
-GROUP_BOX_COLUMNS = ["box_x0", "box_y0", "box_x1", "box_y1", "keep_box_x0", "keep_box_y0", "keep_box_x1", "keep_box_y1"]
-BOX_COLUMNS = ["query_x0", "query_y0", "query_x1", "query_y1", "reference_x0", "reference_y0", "reference_x1", "reference_y1"]
-
-
-def workers_for_regions() -> int:
-    """Crop decoding runs in this process: a chunk is too small to pay for worker start-up."""
-    return int(os.environ.get("COPYSCAN_REGION_WORKERS", "0"))
-
-
 # ---- dedupe ------------------------------------------------------------------------------------
 
 
@@ -331,6 +330,25 @@ class RegionPairs:
     second: np.ndarray
     score: np.ndarray
     boxes: dict[tuple[int, int], tuple[Box, Box]]  # (first, second) -> (box in first, box in second)
+
+    def pairs(self):
+        from .group import Pairs
+
+        return Pairs(self.first, self.second, self.score)
+
+
+def region_collection_pairs(loaded, rows: np.ndarray, descriptors: np.ndarray, item_of_row: np.ndarray,
+                            threshold: float) -> RegionPairs:
+    """Image pairs of a collection scoring at least `threshold`, region rows included: the index
+    rows `rows` (whole-image and region rows of the folder; `descriptors` theirs) against the
+    loaded FAISS index, in the score rule's dedupe form; `item_of_row` maps every index row to its
+    image's item (-1 outside the folder)."""
+    from .score import pairs_of
+    from .search import pairs_in
+
+    found = pairs_in(loaded.index, pairs_of(loaded.post, descriptors), rows, threshold, len(item_of_row),
+                     keep=item_of_row >= 0)
+    return image_pairs(found.first, found.second, found.score, loaded.rows, item_of_row)
 
 
 def image_pairs(row_pairs_first: np.ndarray, row_pairs_second: np.ndarray, row_scores: np.ndarray,
@@ -417,6 +435,8 @@ def best_with_crops(sims: np.ndarray, paths: list[str], references: np.ndarray, 
     todo = np.nonzero(sims.max(axis=1, initial=-np.inf) < s.crop_below)[0] if sims.size else np.zeros(0, np.int64)
     if not len(todo) or not s.query_boxes:
         return sims
+    from .embed import embed_regions
+
     for batch in embed_regions([(paths[i], s.query_boxes) for i in todo], model, batch_size=batch_size, workers=0):
         crop_sims = batch.descriptors @ references.T
         for owner, row in zip(batch.owner, crop_sims):

@@ -7,17 +7,19 @@ dominates it. A region is a crop of the image, given by its box in fractions of 
 same model, so a region's descriptor and a whole image's are compared by the same cosine and the
 threshold keeps its meaning.
 
-Pooling regions of one forward pass was tried first (see BENCHMARKS.md, "Regions"): the model
-is trained on whole images, and its pooled sub-regions barely move the score; crops that re-run
-the model do, so they are what this module makes. They cost one forward pass each, which is why
-search spends them only on uncertain queries (copyscan.region_search).
+Pooling regions of one forward pass barely helps: on the issue's own benchmark, 14 regions of
+the default model's 5 x 5 feature map gave 0.739 micro AP against 0.737 (the model is trained on
+whole images; not measured again here). Crops that re-run the model do (BENCHMARKS.md,
+"Regions"), so they are what this module describes (copyscan.embed.embed_regions embeds them).
+They cost one forward pass each, which is why search spends them only on uncertain queries
+(copyscan.region_search). `RowTable` says which rows of an index are whole images and which are
+regions (`index --regions` stores them beside their image's row).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import partial
-from typing import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -37,18 +39,6 @@ def grid_boxes(side: float, steps: int) -> list[Box]:
     else:
         starts = [i * (1.0 - side) / (steps - 1) for i in range(steps)]
     return [(round(x, 4), round(y, 4), round(x + side, 4), round(y + side, 4)) for y in starts for x in starts]
-
-
-# Chosen by measurement on the dev benchmark (BENCHMARKS.md, "Regions"): a 3 x 3 grid of crops of
-# 60% of each side plus a 2 x 2 grid of 75% covers a copy filling 30-80% of a frame anywhere in it.
-DEFAULT_BOXES: tuple[Box, ...] = tuple(grid_boxes(0.6, 3) + grid_boxes(0.75, 2))
-
-
-def check_box(box: Sequence[float]) -> Box:
-    x0, y0, x1, y1 = (float(v) for v in box)
-    if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
-        raise ValueError(f"a region box is x0,y0,x1,y1 with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, not {box!r}")
-    return (x0, y0, x1, y1)
 
 
 def box_area(box: Box) -> float:
@@ -90,84 +80,54 @@ def region_pixels(path: str, size: int, boxes: Sequence[Box], max_pixels: int = 
 
 
 @dataclass
-class RegionBatch:
-    """Region descriptors of some images: rows `owner[i]` of the request, box `boxes[i]`."""
+class RowTable:
+    """What each FAISS row of an index is: its path, region number (0 whole image) and box."""
 
-    owner: np.ndarray  # (n,) int64: which requested item each descriptor belongs to
-    boxes: list[Box]
-    descriptors: np.ndarray  # (n, dim) float32
-    failed: list[tuple[int, str]]  # (item, reason): files that could not be decoded now
+    paths: list[str]
+    regions: np.ndarray  # (n,) int16
+    boxes: np.ndarray  # (n, 4) float32; FULL_BOX for whole-image rows
+    global_of: dict[str, int] = field(default_factory=dict)  # path -> its whole-image row
+
+    @classmethod
+    def from_table(cls, table, paths: list[str]) -> "RowTable":
+        n = len(paths)
+        regions = np.zeros(n, np.int16)
+        boxes = np.tile(np.asarray(FULL_BOX, np.float32), (n, 1))
+        if "region" in table.column_names:
+            col = table.column("region").to_numpy(zero_copy_only=False)
+            regions = np.nan_to_num(col.astype(np.float64), nan=0).astype(np.int16)
+            box_col = table.column("box").to_pylist()
+            for i, b in enumerate(box_col):
+                if b is not None and regions[i] != 0:
+                    boxes[i] = b
+        rows = cls(paths, regions, boxes)
+        rows.global_of = {p: i for i, p in enumerate(paths) if regions[i] == 0}
+        return rows
+
+    @property
+    def has_regions(self) -> bool:
+        return bool((self.regions != 0).any())
+
+    @property
+    def per_image(self) -> int:
+        """Rows per image at most (1 without region rows)."""
+        return 1 + int(self.regions.max(initial=0))
 
 
-class _Requests:
-    """A torch Dataset of (path, boxes) requests (plain class: torch is imported lazily)."""
+def whole_image_params(index, rows: RowTable | None):
+    """FAISS search parameters that see whole-image rows only (plain search on an index that also
+    holds region rows must not change), or None when every row is one."""
+    if rows is None or not rows.has_regions:
+        return None
+    import faiss
 
-    def __init__(self, requests: Sequence[tuple[str, Sequence[Box]]], size: int, max_pixels: int):
-        self.requests = requests
-        self.size = size
-        self.max_pixels = max_pixels
+    selector = faiss.IDSelectorBatch(np.nonzero(rows.regions == 0)[0].astype(np.int64))
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return faiss.SearchParameters(sel=selector)
+    return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
 
-    def __len__(self) -> int:
-        return len(self.requests)
-
-    def __getitem__(self, i: int):
-        path, boxes = self.requests[i]
-        try:
-            return i, region_pixels(path, self.size, boxes, self.max_pixels), None
-        except DecodeError as exc:
-            return i, None, str(exc)
-        except Exception as exc:  # a decoder bug must cost one file, not the run
-            return i, None, f"unexpected decoder error: {type(exc).__name__}: {exc}"
-
-
-def _collate(items):
-    return items
-
-
-def embed_regions(
-    requests: Sequence[tuple[str, Sequence[Box]]],
-    model,
-    batch_size: int = 32,
-    workers: int | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> Iterator[RegionBatch]:
-    """Embed the boxes of each (path, boxes) request; yields batches of about `batch_size` crops.
-
-    Files are decoded again (once each, at the resolution the smallest box needs) in worker
-    processes, as in copyscan.embed.
-    """
-    if not requests:
-        return
-    import torch
-    from torch.utils.data import DataLoader
-
-    from .embed import CPU_DECODE_NICENESS, default_workers, lower_priority
-
-    workers = default_workers(gpu=model.device.type == "cuda") if workers is None else workers
-    per_file = max(1, max(len(b) for _, b in requests))
-    loader = DataLoader(
-        _Requests(requests, model.input_size, max_pixels),
-        batch_size=max(1, batch_size // per_file), num_workers=workers, collate_fn=_collate,
-        prefetch_factor=4 if workers else None,
-        worker_init_fn=partial(lower_priority, CPU_DECODE_NICENESS) if model.device.type == "cpu" and workers else None,
-    )
-    for items in loader:
-        owner: list[int] = []
-        boxes: list[Box] = []
-        stacks = []
-        failed = []
-        for i, pixels, reason in items:
-            if pixels is None:
-                failed.append((i, reason))
-                continue
-            owner.extend([i] * len(pixels))
-            boxes.extend(requests[i][1])
-            stacks.append(pixels)
-        if stacks:
-            descriptors = model.embed(torch.from_numpy(np.concatenate(stacks)))
-        else:
-            descriptors = np.zeros((0, model.dim), np.float32)
-        yield RegionBatch(np.asarray(owner, dtype=np.int64), boxes, descriptors, failed)
 
 
 def with_region_rows(rows: list, descriptors: np.ndarray, region_descriptors: np.ndarray | None,

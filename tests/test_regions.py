@@ -15,11 +15,16 @@ from PIL import Image
 from conftest import make_photo, photo_array
 
 import copyscan.api as api
-from copyscan.region_search import BOX_COLUMNS, RowTable, image_pairs
-from copyscan.regions import FULL_BOX, DEFAULT_BOXES, grid_boxes, iou, with_region_rows
+from copyscan.extraction import Extraction
+from copyscan.outputs import BOX_COLUMNS
+from copyscan.region_search import RowTable, image_pairs
+from copyscan.regions import FULL_BOX, grid_boxes, iou, with_region_rows
 from copyscan.results import Match, QueryResult
 from copyscan.store import IndexStore, Row, paths_of, rows_to_table
 from copyscan.verify import features_of, verify
+
+
+X0 = Extraction(workers=0)  # decode in this process: a few images do not pay for worker start-up
 
 
 def paste(ref: Image.Image, background: Image.Image, fill: float, rng: random.Random) -> tuple[Image.Image, tuple]:
@@ -44,7 +49,7 @@ def test_grid_boxes_and_iou():
     assert grid_boxes(0.6, 1) == [(0.2, 0.2, 0.8, 0.8)]
     grid = grid_boxes(0.6, 3)
     assert len(grid) == 9 and grid[0] == (0.0, 0.0, 0.6, 0.6) and grid[-1] == (0.4, 0.4, 1.0, 1.0)
-    assert all(0 <= b[0] < b[2] <= 1 and 0 <= b[1] < b[3] <= 1 for b in DEFAULT_BOXES)
+    assert all(0 <= b[0] < b[2] <= 1 and 0 <= b[1] < b[3] <= 1 for b in grid_boxes(0.75, 2))
     assert iou(FULL_BOX, FULL_BOX) == 1.0
     assert iou((0, 0, 0.5, 0.5), (0.5, 0.5, 1, 1)) == 0.0
     assert iou((0, 0, 1, 1), (0, 0, 0.5, 1)) == pytest.approx(0.5)
@@ -140,17 +145,18 @@ def test_index_regions_leave_plain_search_unchanged(tmp_path, tiny_model_path):
     folder = tmp_path / "refs"
     for s in range(5):
         make_photo(folder / f"r{s}.jpg", size=(200, 150), seed=s)
-    plain = api.index_folder(folder, tmp_path / "plain", str(tiny_model_path), workers=0)
-    regions = api.index_folder(folder, tmp_path / "regions", str(tiny_model_path), workers=0, regions=True)
+    plain = api.index_folder(folder, index_dir=tmp_path / "plain", model=str(tiny_model_path), extraction=X0)
+    regions = api.index_folder(folder, index_dir=tmp_path / "regions", model=str(tiny_model_path), extraction=X0, regions=True)
     assert plain.total == regions.total == 5 and regions.embedded == 5
     manifest = json.loads((tmp_path / "regions" / "manifest.json").read_text())
     assert manifest["counts"]["images"] == 5 and manifest["counts"]["region_rows"] == 5
     for name in ("plain", "regions"):
-        api.query_folder(folder, tmp_path / name, tmp_path / f"out-{name}", -1, 3, workers=0, report=False)
+        api.query_folder(folder, index_dir=tmp_path / name, output=tmp_path / f"out-{name}", threshold=-1, top_k=3,
+                         extraction=X0, report=False)
     assert read_rows(tmp_path / "out-plain" / "matches.csv") == read_rows(tmp_path / "out-regions" / "matches.csv")
     # Indexing again with --regions re-embeds nothing; without, the region rows stay.
-    assert api.index_folder(folder, tmp_path / "regions", str(tiny_model_path), workers=0, regions=True).embedded == 0
-    assert api.index_folder(folder, tmp_path / "plain", str(tiny_model_path), workers=0, regions=True).embedded == 5
+    assert api.index_folder(folder, index_dir=tmp_path / "regions", model=str(tiny_model_path), extraction=X0, regions=True).embedded == 0
+    assert api.index_folder(folder, index_dir=tmp_path / "plain", model=str(tiny_model_path), extraction=X0, regions=True).embedded == 5
 
 
 def test_query_regions_finds_a_paste_and_where_it_sits(tmp_path):
@@ -165,9 +171,11 @@ def test_query_regions_finds_a_paste_and_where_it_sits(tmp_path):
         truth = (200 / 800, 150 / 600, 640 / 800, 480 / 600)
     (tmp_path / "q").mkdir()
     query.save(tmp_path / "q" / "screen.jpg", quality=92)
-    api.index_folder(refs, tmp_path / "idx", workers=0)
-    plain = api.query_folder(tmp_path / "q", tmp_path / "idx", tmp_path / "plain", -1, 2, workers=0, report=False)
-    found = api.query_folder(tmp_path / "q", tmp_path / "idx", tmp_path / "out", -1, 2, workers=0, regions=True)
+    api.index_folder(refs, index_dir=tmp_path / "idx", extraction=X0)
+    plain = api.query_folder(tmp_path / "q", index_dir=tmp_path / "idx", output=tmp_path / "plain", threshold=-1, top_k=2,
+                             extraction=X0, report=False)
+    found = api.query_folder(tmp_path / "q", index_dir=tmp_path / "idx", output=tmp_path / "out", threshold=-1, top_k=2,
+                             extraction=X0, regions=True)
     assert plain.queries == found.queries == 1
     before = read_rows(tmp_path / "plain" / "matches.csv")
     rows = read_rows(tmp_path / "out" / "matches.csv")
@@ -190,7 +198,7 @@ def test_dedupe_regions_reports_the_box_and_its_area(tmp_path):
         frame = Image.new("RGB", (600, 540), (245, 245, 245))
         frame.paste(im, (60, 90))
         frame.save(folder / "screenshot.png")
-    s = api.dedupe(folder, tmp_path / "out", index_dir=tmp_path / "idx", workers=0, regions=True)
+    s = api.dedupe(folder, output=tmp_path / "out", index_dir=tmp_path / "idx", extraction=X0, regions=True)
     groups = [g for g in s.groups if {m.path.rsplit("/", 1)[-1] for m in g.members} == {"p0.jpg", "screenshot.png"}]
     assert len(groups) == 1
     shot = next(m for m in groups[0].members if m.path.endswith("screenshot.png"))
