@@ -21,8 +21,8 @@ takes about 50 min at 128-d on two cores. `--large-query-sample 1` runs it all.
 
 Each child reports its own peak resident memory (`getrusage(RUSAGE_SELF).ru_maxrss`, the
 kernel's high-water mark for that process) after each stage; the parent prints a table. The
-"imports" stage is numpy, FAISS, pyarrow and torch (which `copyscan.api` loads for embedding):
-the cost of the process before any descriptor exists.
+"imports" stage is numpy, FAISS and pyarrow (and torch, in the BENCHMARKS.md figures: measured
+before issue 14, when `copyscan.api` imported it): the cost of the process before any descriptor.
 Recall is the share of planted near-duplicate pairs found by the search (below 1 only where
 the index is approximate).
 """

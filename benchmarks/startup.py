@@ -26,14 +26,24 @@ HERE = Path(__file__).resolve().parents[1]
 COMMANDS = ("--help", "models", "index (unchanged)")
 
 
-def _run(checkout: Path, args: list[str], env: dict) -> float:
+def _run(checkout: Path, args: list[str], env: dict, cwd: Path) -> float:
+    # `python -m` puts the current folder first on sys.path: run from a scratch folder, so that
+    # PYTHONPATH alone says which checkout runs.
     env = dict(env, PYTHONPATH=str(checkout))
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "copyscan", *args], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "copyscan", *args], env=env, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(f"{checkout}: copyscan {' '.join(args)} failed:\n{out.stdout}{out.stderr}")
     return seconds
+
+
+def _check_runs_from(checkout: Path, env: dict, cwd: Path) -> None:
+    code = "import copyscan, os; print(os.path.realpath(copyscan.__file__))"
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, PYTHONPATH=str(checkout)), cwd=cwd,
+                         capture_output=True, text=True)
+    if not out.stdout.strip().startswith(str(checkout.resolve())):
+        raise SystemExit(f"copyscan imports from {out.stdout.strip() or out.stderr}, not from {checkout}")
 
 
 def _link_photos(source: Path, count: int, folder: Path) -> int:
@@ -67,12 +77,13 @@ def main() -> None:
             "index (unchanged)": lambda name: ["index", str(tmp / "photos"), "--index-dir", str(tmp / f"idx-{name}"), "-q"],
         }
         for name, checkout in checkouts.items():  # the first, untimed run embeds the photos
-            _run(checkout, commands["index (unchanged)"](name), env)
+            _check_runs_from(checkout, env, tmp)
+            _run(checkout, commands["index (unchanged)"](name), env, tmp)
         times: dict[str, dict[str, list[float]]] = {c: {name: [] for name in checkouts} for c in COMMANDS}
         for _ in range(args.repeats):
             for command in COMMANDS:
                 for name, checkout in checkouts.items():  # alternately
-                    times[command][name].append(_run(checkout, commands[command](name), env))
+                    times[command][name].append(_run(checkout, commands[command](name), env, tmp))
     medians = {c: {name: statistics.median(v) for name, v in by.items()} for c, by in times.items()}
     if args.json:
         print(json.dumps({"photos": n, "repeats": args.repeats, "medians_s": medians, "runs_s": times}))

@@ -5,8 +5,10 @@ Its pipeline shape, which another engine (Ray) plugs into at step 2:
 1. `plan`      reader: discover the folder (stage 1) and compare it with the store: which files
                to embed (new or changed), which are unchanged, which skip records stay. No model.
 2. engine      decode mapper + embed mapper (stages 2-3): `(entries, model, extraction, advance)
-               -> EmbeddedBatch...`. `local_engine` runs embed.embed_entries (DataLoader decode
-               workers + the model in this process); any callable with that shape can replace it.
+               -> EmbeddedBatch...`, where `model` is a models.LazyModel: `model.get()` loads it
+               here, `model.ref` and `model.device` let an engine load it in its own workers.
+               `local_engine` runs embed.embed_entries (DataLoader decode workers + the model in
+               this process); any callable with that shape can replace it.
 3. `ShardWriter`  buffers rows, writes a Parquet shard every SHARD_ROWS rows or SHARD_SECONDS,
                with the skip list; Ctrl-C or SIGTERM flushes it, so the next run resumes.
 4. `commit`    compaction (rows of removed, now-unreadable or re-embedded files), the FAISS file
@@ -43,8 +45,8 @@ SHARD_ROWS = 2048  # rows per Parquet shard (or $COPYSCAN_FLUSH_ROWS) ...
 SHARD_SECONDS = 30.0  # ... or fewer, so that a killed run loses at most this much work
 FLUSH_ROWS_ENV = "COPYSCAN_FLUSH_ROWS"
 
-# entries, model, extraction settings, advance(n images done) -> embedded batches
-Engine = Callable[[Sequence[FileEntry], "DescriptorModel", Extraction, Callable[[int], None]], Iterable["EmbeddedBatch"]]
+# entries, the run's model (loaded on demand), extraction settings, advance(n images done) -> embedded batches
+Engine = Callable[[Sequence[FileEntry], LazyModel, Extraction, Callable[[int], None]], Iterable["EmbeddedBatch"]]
 
 
 # ---- 1. plan ------------------------------------------------------------------------------------
@@ -89,13 +91,13 @@ def plan(store: IndexStore, root: str, regions: bool = False) -> IndexPlan:
 # ---- 2. engine ----------------------------------------------------------------------------------
 
 
-def local_engine(entries: Sequence[FileEntry], model: DescriptorModel, extraction: Extraction,
+def local_engine(entries: Sequence[FileEntry], model: LazyModel, extraction: Extraction,
                  advance: Callable[[int], None]) -> Iterator[EmbeddedBatch]:
     """Decode in DataLoader worker processes, embed in this one (embed.py)."""
     from .embed import embed_entries
 
-    return embed_entries(entries, model, extraction.batch_size, extraction.workers, extraction.max_pixels, progress=advance,
-                         boxes=extraction.boxes)
+    return embed_entries(entries, model.get(), extraction.batch_size, extraction.workers, extraction.max_pixels,
+                         progress=advance, boxes=extraction.boxes)
 
 
 # ---- 3. shard writer ----------------------------------------------------------------------------
@@ -221,12 +223,11 @@ def _index_locked(store: IndexStore, root: str, model: LazyModel, extraction: Ex
     work = plan(store, root, regions=bool(extraction.boxes))
     writer = ShardWriter(store, work.keep_skips + work.found_skips, rows_per_shard)
     if work.todo:
-        info = model.get().info
         store.start_manifest(info, [root])  # before any shard: a resumed run is checked against the same model
         bar = progress_bar(extraction.progress, len(work.todo), f"indexing with {info.name}")
         try:
             with bar, _sigterm_as_interrupt():
-                for batch in engine(work.todo, model.get(), extraction, bar.advance):
+                for batch in engine(work.todo, model, extraction, bar.advance):
                     clock.add(len(batch.rows))
                     writer.add(batch, extraction.boxes)
         except KeyboardInterrupt:
@@ -234,8 +235,11 @@ def _index_locked(store: IndexStore, root: str, model: LazyModel, extraction: Ex
             raise Interrupted(
                 f"interrupted: {writer.written} images saved in {store.folder}; run the same command again to resume"
             ) from None
-    elif not model.loaded and store.exists():
-        # Nothing embedded: the manifest keeps the runtime the index was built on.
+    if model.loaded:
+        info = model.get().info  # the runtime it ran on (onnxruntime for a torch model on a CPU)
+    elif store.exists():
+        # Not loaded here (nothing to embed, or an engine that loads it elsewhere): the manifest
+        # keeps the runtime the index records.
         info = dataclasses.replace(info, runtime=store.stored_model().runtime or info.runtime)
 
     summary = IndexSummary(str(store.folder), info.name, found=len(work.entries), unchanged=work.unchanged,
