@@ -130,6 +130,9 @@ def main() -> None:
     ap.add_argument("--pastes", type=int, default=200)
     ap.add_argument("--out", type=Path, default=Path(".bench/regions"))
     ap.add_argument("--rounds", type=int, default=2, help="plain / --regions query pairs timed")
+    ap.add_argument("--core", action="store_true", help="plain and --regions only (no verify band, no region rows)")
+    ap.add_argument("--reuse", action="store_true", help="keep OUT/MODEL's indexes (indexing is incremental)")
+    ap.add_argument("--boxes-only", action="store_true", help="only the box check (with --reuse: on the existing index)")
     args = ap.parse_args()
     gt = load_ground_truth(args.bench / "gt.csv")
     labels = load_labels(args.bench / "labels.csv")
@@ -147,9 +150,15 @@ def main() -> None:
     for name in args.models.split(","):
         model = create_model(name, "cpu")
         work = args.out / name
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.reuse:
+            shutil.rmtree(work, ignore_errors=True)
         plain_idx = build_index(args.bench, model, work, False)
-        region_idx = build_index(args.bench, model, work, True)
+        if args.boxes_only:
+            for threshold in (api.DEFAULT_THRESHOLD, -math.inf):
+                b = box_check(truth, plain_idx["path"], model, work, threshold)
+                report["models"][name] = {"box_check": report["models"].get(name, {}).get("box_check", []) + [b]}
+                print(f"{name} box check: {b}", flush=True)
+            continue
         # Warm-up (model, ONNX session, page cache), then plain and --regions alternate, so that
         # the other jobs on a shared machine weigh on both alike; the median ratio is quoted.
         for regions in (False, True):
@@ -160,15 +169,16 @@ def main() -> None:
                            run_query(args.bench, model, work, plain_idx, "regions", gt, labels, True, RegionSettings())))
         plain, regions = rounds[-1]
         ratio = float(np.median([b["query_seconds"] / a["query_seconds"] for a, b in rounds]))
-        band = run_query(args.bench, model, work, plain_idx, "regions-band", gt, labels, True,
-                         RegionSettings(verify_band=(0.45, 0.75)))
-        with_rows = run_query(args.bench, model, work, region_idx, "regions-rows", gt, labels, True,
-                              RegionSettings(reference_regions=True))
         plain_s = float(np.median([a["query_seconds"] for a, _ in rounds]))
-        rows = [("plain", plain), ("--regions", regions), ("--regions + verify band [0.45, 0.75)", band),
-                ("--regions + references' region rows (index --regions)", with_rows)]
-        boxes = [box_check(truth, plain_idx["path"], model, work, api.DEFAULT_THRESHOLD),
-                 box_check(truth, plain_idx["path"], model, work, -math.inf)]
+        rows = [("plain", plain), ("--regions", regions)]
+        boxes = [box_check(truth, plain_idx["path"], model, work, api.DEFAULT_THRESHOLD)]
+        if not args.core:
+            region_idx = build_index(args.bench, model, work, True)
+            rows.append(("--regions + verify band [0.45, 0.75)", run_query(
+                args.bench, model, work, plain_idx, "regions-band", gt, labels, True, RegionSettings(verify_band=(0.45, 0.75)))))
+            rows.append(("--regions + references' region rows (index --regions)", run_query(
+                args.bench, model, work, region_idx, "regions-rows", gt, labels, True, RegionSettings(reference_regions=True))))
+            boxes.append(box_check(truth, plain_idx["path"], model, work, -math.inf))
         report["models"][name] = {"runs": [r for _, r in rows], "rounds": rounds, "median_time_ratio": ratio,
                                   "box_check": boxes}
         print(f"\n## {name}")
@@ -181,11 +191,12 @@ def main() -> None:
             print(f"| {label} | {r['micro_ap']:.4f} | {r['acc_at_1']:.4f} | {edits} | {r['queries_per_s']:.1f} | "
                   f"{x:.2f} | {r['index_bytes'] / 1e6:.2f} |")
         print(f"time ratio --regions / plain per round: {[round(b['query_seconds'] / a['query_seconds'], 2) for a, b in rounds]}")
-        print(f"index seconds: plain {plain_idx['seconds']:.1f}, --regions {region_idx['seconds']:.1f}")
+        print(f"index seconds: plain {plain_idx['seconds']:.1f}"
+              + (f", --regions {region_idx['seconds']:.1f}" if not args.core else ""))
         for b in boxes:
             print(f"box check: {b}")
         sys.stdout.flush()
-    (args.out / "regions.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / ("boxes.json" if args.boxes_only else "regions.json")).write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -45,11 +45,12 @@ INDEX_BOXES: tuple[Box, ...] = tuple(grid_boxes(0.6, 1))
 class RegionSettings:
     query_boxes: tuple[Box, ...] = QUERY_BOXES
     crop_below: float = 0.65  # queries whose best whole-image score is below this get crops
-    # A query's best match won by a crop has only the crop's box: verification places it, when the
-    # match scores at least this (and the query's threshold). With a threshold (a normal query, few
-    # matches), a best match that the whole image won is placed too when it scores below
-    # `place_below` (a photo filling half a screenshot can score 0.8 as a whole image); above, the
-    # whole image is the copy. Without one (-1, as eval runs), those would be most queries.
+    # A query's best match won by a crop has only the crop's box: verification places it when the
+    # match scores at least `place_from` (below the threshold too: the verified box, embedded, may
+    # score above it). With a threshold (a normal query, few matches), a reported best match that
+    # the whole image won is placed too when it scores below `place_below` (a photo filling half a
+    # screenshot can score 0.8 as a whole image); above, the whole image is the copy. Without one
+    # (-1, as eval runs), those would be most queries.
     place_from: float = 0.45
     place_below: float = 0.9
     # Uncertain best matches scoring in [low, high) verified to re-rank them, or None. Off by
@@ -175,7 +176,8 @@ class Refiner:
                 continue
             ref, c = max(q.candidates.items(), key=lambda t: t[1].score)
             uncertain = s.verify_band is not None and s.verify_band[0] <= c.score < s.verify_band[1]
-            coarse = c.how == "region" and c.score >= max(self.report_floor, s.place_from)
+            # Below the threshold too: the verified box's own score may lift it over.
+            coarse = c.how == "region" and c.score >= s.place_from
             reported = np.isfinite(self.report_floor) and max(self.report_floor, s.place_from) <= c.score < s.place_below
             if uncertain or coarse or reported:
                 work.append((q, ref))

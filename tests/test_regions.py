@@ -160,21 +160,23 @@ def test_index_regions_leave_plain_search_unchanged(tmp_path, tiny_model_path):
 
 
 def test_query_regions_finds_a_paste_and_where_it_sits(tmp_path):
-    # The shipped model: a photo pasted at 55% of a larger picture's width scores low as a whole
+    # The shipped model: a photo pasted at 45% of a larger picture's width scores low as a whole
     # image; with --regions it is found and its box reported on both sides.
     refs = tmp_path / "refs"
     for s in range(4):
         make_photo(refs / f"r{s}.jpg", size=(480, 360), seed=300 + s)
-    with Image.open(refs / "r0.jpg") as ref:  # 55% of the width, off centre
+    with Image.open(refs / "r0.jpg") as ref:  # 45% of the width, off centre
         query = Image.fromarray(photo_array((800, 600), seed=400))
-        query.paste(ref.resize((440, 330)), (200, 150))
-        truth = (200 / 800, 150 / 600, 640 / 800, 480 / 600)
+        query.paste(ref.resize((360, 270)), (300, 200))
+        truth = (300 / 800, 200 / 600, 660 / 800, 470 / 600)
     (tmp_path / "q").mkdir()
     query.save(tmp_path / "q" / "screen.jpg", quality=92)
     api.index_folder(refs, index_dir=tmp_path / "idx", extraction=X0)
     plain = api.query_folder(tmp_path / "q", index_dir=tmp_path / "idx", output=tmp_path / "plain", threshold=-1, top_k=2,
                              extraction=X0, report=False)
-    found = api.query_folder(tmp_path / "q", index_dir=tmp_path / "idx", output=tmp_path / "out", threshold=-1, top_k=2,
+    # At the default threshold: a copy below it as a whole image, lifted over it by its crop or
+    # its verified box, is reported.
+    found = api.query_folder(tmp_path / "q", index_dir=tmp_path / "idx", output=tmp_path / "out", top_k=2,
                              extraction=X0, regions=True)
     assert plain.queries == found.queries == 1
     before = read_rows(tmp_path / "plain" / "matches.csv")
@@ -182,7 +184,7 @@ def test_query_regions_finds_a_paste_and_where_it_sits(tmp_path):
     assert list(rows[0])[4:] == BOX_COLUMNS
     assert rows[0]["reference_path"].endswith("r0.jpg")
     score_before = max(float(r["score"]) for r in before if r["reference_path"].endswith("r0.jpg")) if before else -1
-    assert float(rows[0]["score"]) > score_before
+    assert float(rows[0]["score"]) > score_before and float(rows[0]["score"]) >= api.DEFAULT_THRESHOLD > score_before
     box = tuple(float(rows[0][c]) for c in BOX_COLUMNS[:4])
     assert iou(box, truth) >= 0.5
     html = (tmp_path / "out" / "report.html").read_text()
