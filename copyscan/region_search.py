@@ -36,7 +36,7 @@ from .regions import FULL_BOX, Box, RowTable, crop, grid_boxes, whole_image_para
 
 # One centred crop of 60% of each side: on the dev benchmark it alone gives nearly all of what
 # a 3 x 3 grid of 60% crops plus a 2 x 2 grid of 75% crops gives (0.764 vs 0.769 micro AP, base
-# 0.695) at a ninth of the model calls. Screenshots, pads and memes frame the copy near the middle.
+# 0.695) at a sixth of the model calls. Screenshots, pads and memes frame the copy near the middle.
 QUERY_BOXES: tuple[Box, ...] = tuple(grid_boxes(0.6, 1))
 INDEX_BOXES: tuple[Box, ...] = tuple(grid_boxes(0.6, 1))
 
@@ -58,8 +58,9 @@ class RegionSettings:
     verify_band: tuple[float, float] | None = None
     chunk: int = 512  # queries refined together (crops batched, reference features shared)
     # Score the query's whole image against the references' region rows (index --regions) too.
-    # Off: on the dev benchmark they cost 0.003 micro AP (distractors gain as much as crops do;
-    # BENCHMARKS.md "Regions"). Region rows serve dedupe, where every image is also a query.
+    # Off: on the dev benchmark they added 0.0003-0.0025 micro AP to the query crops for twice
+    # the index (alone they cost 0.003; BENCHMARKS.md "Regions"). Region rows serve dedupe, where
+    # every image is also a query.
     reference_regions: bool = False
 
 
