@@ -533,9 +533,9 @@ def eval_cmd(
         metrics = _run(lambda: evaluate(load_ground_truth(gt), load_predictions(predictions)))
         doc, per_edit, bench_run = metrics.to_dict(), [], None
     else:
-        result = _run(evaluate_bench, bench_dir, output, model, index_dir, top_k,
-                      _post(background, whiten, score_norm, whiten_dim, beta), batch_size, workers, device.value,
-                      not (quiet or json_out), regions=regions)
+        result = _run(evaluate_bench, bench_dir, output=output, model=model, index_dir=index_dir, top_k=top_k,
+                      post=_post(background, whiten, score_norm, whiten_dim, beta),
+                      extraction=_extraction(batch_size, workers, device, quiet or json_out), regions=regions)
         metrics, doc, per_edit, bench_run = result.metrics, result.to_dict(), result.per_edit, result
     if json_out:
         print(json.dumps(doc))

@@ -142,15 +142,13 @@ def write_predictions(path: Path, predictions: Predictions) -> None:
 
 def evaluate_bench(
     bench_dir: str | os.PathLike,
+    *,
     output: str | os.PathLike | None = None,
     model: str | None = None,
     index_dir: str | os.PathLike | None = None,
     top_k: int = 10,
     post=None,
-    batch_size: int = 32,
-    workers: int | None = None,
-    device: str = "auto",
-    progress: bool = False,
+    extraction: Extraction | None = None,
     regions: bool = False,
 ) -> BenchEvaluation:
     """Index BENCH/references (incrementally, into OUT/index unless `index_dir`), query
@@ -172,7 +170,7 @@ def evaluate_bench(
     ref_root = resolve_root(bench / "references")
     query_root = resolve_root(bench / "queries")
 
-    extraction = Extraction(batch_size=batch_size, workers=workers, device=device, progress=progress)
+    extraction = extraction or Extraction()
     indexed = index_folder(ref_root, index_dir=index_dir, model=model or DEFAULT_MODEL, extraction=extraction, post=post)
     store = IndexStore(index_dir)
     others = [r for r in store.roots() if r != ref_root]

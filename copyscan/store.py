@@ -50,7 +50,10 @@ LOCK_FILE = "copyscan.lock"
 POST_FILE = "postprocess.npz"
 BACKGROUND_DIR = "background"
 POST_KEY = "postprocess"  # the manifest entry of the post-processing (background.py fills it)
-NOT_BUILT = {"status": "not built"}  # the "faiss" entry of a manifest written before any FAISS file
+NOT_BUILT = {"status": "not built"}
+# What the FAISS file holds: 2 = vectors in score.py's form (two extra columns with score
+# normalisation). A file without it (written before issue 14) is stale and gets rebuilt.
+FAISS_LAYOUT = 2  # the "faiss" entry of a manifest written before any FAISS file
 
 IndexError_ = IndexFolderError  # the old name, for code written before errors.py
 
@@ -410,7 +413,8 @@ class IndexStore:
     def faiss_is_fresh(self, manifest: dict[str, Any] | None = None) -> bool:
         manifest = manifest or self.read_manifest()
         meta = self.faiss_meta(manifest)
-        return self.faiss_path.exists() and meta.get("shards_fingerprint") == self.faiss_fingerprint(manifest)
+        return (self.faiss_path.exists() and meta.get("layout") == FAISS_LAYOUT
+                and meta.get("shards_fingerprint") == self.faiss_fingerprint(manifest))
 
     def save_faiss(self, index: Any, kind: str, rule: str, nprobe: int, count: int, score: str) -> dict[str, Any]:
         """Write the FAISS file atomically; returns its manifest entry (for write_manifest)."""
@@ -419,7 +423,7 @@ class IndexStore:
         tmp = self._faiss_tmp_path()
         ann.save_index(index, str(tmp))
         os.replace(tmp, self.faiss_path)
-        return {"type": kind, "rule": rule, "nprobe": nprobe, "count": count, "score": score,
+        return {"type": kind, "rule": rule, "nprobe": nprobe, "count": count, "score": score, "layout": FAISS_LAYOUT,
                 "shards_fingerprint": self.faiss_fingerprint()}
 
     def load_faiss(self, manifest: dict[str, Any] | None = None) -> Any:

@@ -98,6 +98,20 @@ def test_dedupe_scores_follow_the_symmetric_rule_and_say_so(photos, tiny_model_p
     assert loaded.store.faiss_meta()["score"] == doc["score"]
 
 
+def test_a_faiss_file_of_the_old_layout_is_rebuilt(photos, tiny_model_path):
+    idx = photos / "idx"
+    api.index_folder(photos / "photos", index_dir=idx, model=str(tiny_model_path), extraction=NO_WORKERS,
+                     post=PostOptions(background=photos / "bg", whiten=False))
+    store = copyscan.store.IndexStore(idx)
+    manifest = store.read_manifest()
+    assert store.faiss_is_fresh(manifest)
+    del manifest["faiss"]["layout"]  # as copyscan wrote it before the score columns
+    assert not store.faiss_is_fresh(manifest)
+    store._write_manifest_doc(manifest)
+    summary = api.index_folder(photos / "photos", index_dir=idx, model=str(tiny_model_path), extraction=NO_WORKERS)
+    assert summary.embedded == 0 and store.faiss_is_fresh()
+
+
 def test_api_is_keyword_only():
     with pytest.raises(TypeError):
         api.index_folder("photos", "idx")  # index_dir must be named
