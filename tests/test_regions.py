@@ -239,3 +239,30 @@ def test_calibrate_scores_with_crops_only_raise_uncertain_rows(tmp_path, tiny_mo
     raised = best_with_crops(sims, paths, refs, model, settings=RegionSettings(crop_below=0.65))
     assert raised[0].tolist() == sims[0].tolist()
     assert (raised >= sims).all() and raised.shape == sims.shape
+
+
+def test_regions_option_on_index_query_dedupe_and_calibrate(tmp_path, tiny_model_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from copyscan.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COPYSCAN_INDEX_DIR", raising=False)
+    for s in range(4):
+        make_photo(tmp_path / "photos" / f"p{s}.jpg", size=(160, 120), seed=s)
+
+    def cli(*args):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result
+
+    cli("index", "photos", "--model", tiny_model_path, "--regions", "-j", "0", "-q")
+    manifest = json.loads((tmp_path / ".copyscan" / "index" / "manifest.json").read_text())
+    assert manifest["counts"]["region_rows"] == 4
+    cli("query", "photos", "--regions", "-t", "-1", "-k", "2", "-j", "0", "-q")
+    header = next(csv.reader(open(tmp_path / "copyscan-query" / "matches.csv", encoding="utf-8")))
+    assert header[4:] == BOX_COLUMNS
+    cli("dedupe", "photos", "--regions", "-j", "0", "-q")
+    assert (tmp_path / "copyscan-dedupe" / "groups.csv").exists()
+    cli("calibrate", "photos", "--model", tiny_model_path, "--regions", "-n", "3", "--edits", "crop,pad", "-j", "0", "-q")
+    assert (tmp_path / "copyscan-calibrate" / "calibration.json").exists()
