@@ -108,7 +108,7 @@ def search_above(index: faiss.Index, queries: np.ndarray, threshold: float, k: i
 
 
 def search_above_flat(index: faiss.Index, queries: np.ndarray, threshold: float, k: int = 32,
-                      max_k: int = 100_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      max_k: int = 100_000, params=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (query row, neighbour id, score) with score >= `threshold`, as three flat arrays.
 
     Sorted by query row, then by score (best first). Starts at `k` neighbours and grows k fourfold
@@ -129,7 +129,8 @@ def search_above_flat(index: faiss.Index, queries: np.ndarray, threshold: float,
         grow: list[np.ndarray] = []
         for start in range(0, len(pending), chunk):
             rows = pending[start:start + chunk]
-            scores, ids = index.search(queries[rows], k)
+            # `params`: FAISS search parameters, e.g. a selector of whole-image rows (region_search).
+            scores, ids = index.search(queries[rows], k, params=params) if params is not None else index.search(queries[rows], k)
             hit = (ids >= 0) & (scores >= threshold)
             # A query whose every neighbour is a hit may have more: ask again with a larger k.
             full = hit.all(axis=1) if k < min(n, max_k) else np.zeros(len(rows), dtype=bool)

@@ -13,6 +13,7 @@ only strings them together and returns the summaries of results.py.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import os
 from pathlib import Path
@@ -36,6 +37,7 @@ from .validate import check_number, check_sizes, check_threshold
 
 if TYPE_CHECKING:
     from .models.base import DescriptorModel
+    from .region_search import RegionSettings
 
 REPORT_ITEMS = 2000  # queries or groups drawn in an HTML report; the CSV always has all
 INDEX_DIR_ENV = "COPYSCAN_INDEX_DIR"
@@ -71,6 +73,7 @@ def index_folder(
     model: str | os.PathLike | DescriptorModel = DEFAULT_MODEL,
     extraction: Extraction | None = None,
     post: PostOptions | None = None,
+    regions: bool = False,
 ) -> IndexSummary:
     """Embed new and changed images under `folder` into the index; drop rows of removed files.
 
@@ -78,9 +81,14 @@ def index_folder(
     that failed before and have not changed; a folder with nothing new loads no model.
     Interrupting keeps finished shards: the next run resumes where this one stopped. `post` sets
     up (or switches off) whitening and score normalisation, kept in the index for later queries
-    (see copyscan.background).
+    (see copyscan.background). `regions` also stores region rows (crops of each image) beside each
+    image's row, for `dedupe --regions`; images indexed without them are embedded again.
     """
     extraction = _checked(extraction, post)
+    if regions:
+        from .region_search import INDEX_BOXES
+
+        extraction = dataclasses.replace(extraction, boxes=INDEX_BOXES)
     root = resolve_root(folder)
     store = _store(index_dir)
     lazy = LazyModel(model, extraction.device)
@@ -131,13 +139,17 @@ def query_folder(
     extraction: Extraction | None = None,
     report: bool = True,
     post: PostOptions | None = None,
+    regions: bool = False,
+    region_settings: RegionSettings | None = None,
 ) -> QuerySummary:
     """Match every image under `folder` against the index: OUT/matches.csv and OUT/report.html.
 
     A match is kept when its score is at least `threshold` (-1 keeps every top-k match; None:
     the index's suggested threshold with post-processing, else DEFAULT_THRESHOLD). A file
     matched against itself (same path) is left out. With score normalisation in the index, a
-    score is the cosine less the query's background bias (see copyscan.score).
+    score is the cosine less the query's background bias (see copyscan.score). `regions` also
+    scores crops of uncertain queries and places the copy's box by geometric verification
+    (copyscan.region_search; `region_settings` tunes it); each match carries its boxes.
     """
     from .search import query_batches
 
@@ -165,7 +177,14 @@ def query_folder(
     with RunOutputs(out) as outputs:
         with MatchesWriter(out, outputs.staged(MATCHES_CSV)) as writer, bar:
             summary.csv_path = str(writer.path)
-            for results, batch_skipped in query_batches(loaded, entries, m, extraction, top_k, threshold, bar.advance):
+            if regions:
+                from .region_search import query_batches_with_regions
+
+                batches = query_batches_with_regions(loaded, entries, m, extraction, top_k, threshold, region_settings,
+                                                     bar.advance)
+            else:
+                batches = query_batches(loaded, entries, m, extraction, top_k, threshold, bar.advance)
+            for results, batch_skipped in batches:
                 skipped.extend(batch_skipped)
                 summary.queries -= len(batch_skipped)  # unreadable files were never searched
                 for result in results:
@@ -207,6 +226,7 @@ def dedupe(
     post: PostOptions | None = None,
     keep: str = "original",
     protect: list[str | os.PathLike] | None = None,
+    regions: bool = False,
 ) -> DedupeSummary:
     """Find groups of copies inside `folder`: OUT/groups.csv, OUT/groups.json, OUT/report.html.
 
@@ -214,7 +234,9 @@ def dedupe(
     unless `index_dir` is given); nothing in it is modified. The pairs are searched in the FAISS
     file that indexing left, not in a second index. `keep` is a rule of copyscan.keep.KEEP_RULES;
     files under a `protect` folder are kept and never marked copies. Pairs rejected in an earlier
-    review of this folder are not proposed again (copyscan.review_memory).
+    review of this folder are not proposed again (copyscan.review_memory). `regions` indexes
+    region rows too and pairs an image's regions with the other whole images (a photo inside a
+    screenshot); each copy gets the box where it sits (copyscan.region_search).
     """
     import numpy as np
 
@@ -236,18 +258,21 @@ def dedupe(
     check_threshold(threshold, expected_entry(store, post))
     if model is None:
         model = model_ref(store) if store.exists() else DEFAULT_MODEL
-    index_summary = index_folder(root, index_dir=store.folder, model=model, extraction=extraction, post=post)
+    index_summary = index_folder(root, index_dir=store.folder, model=model, extraction=extraction, post=post,
+                                 regions=regions)
     loaded = _load(store)
     check_threshold(threshold, store.postprocess_entry(loaded.manifest), default=loaded.threshold)
     threshold = loaded.threshold if threshold is None else threshold
-    table = store.read_table(["width", "height", "bytes", "mtime_ns", "content_hash", "pixel_hash", "descriptor"])
-    paths = paths_of(table)
-    rows = [i for i, p in enumerate(paths) if under(p, root)]
+    full = store.read_table(["width", "height", "bytes", "mtime_ns", "content_hash", "pixel_hash", "descriptor"])
+    paths = paths_of(full)
+    in_root = np.asarray([under(p, root) for p in paths], dtype=bool)
+    whole = loaded.rows.regions == 0  # one item per image: its whole-image row
+    candidates = np.nonzero(in_root & whole)[0].tolist()
     # Symlinks and hard links to one file are one file: only one of its names is grouped.
-    hashes = table.column("content_hash").to_pylist()
-    one_name, aliases = collapse_same_files([paths[i] for i in rows], [hashes[i] for i in rows])
-    rows = np.asarray([rows[k] for k in one_name], dtype=np.int64)
-    table = table.take(rows)
+    hashes = full.column("content_hash").to_pylist()
+    one_name, aliases = collapse_same_files([paths[i] for i in candidates], [hashes[i] for i in candidates])
+    rows = np.asarray([candidates[k] for k in one_name], dtype=np.int64)
+    table = full.take(rows)
     items = [
         Item(p, w, h, b, ch, ph, mt)
         for p, w, h, b, ch, ph, mt in zip(
@@ -256,10 +281,25 @@ def dedupe(
             table.column("mtime_ns").to_pylist(),
         )
     ]
-    pairs = collection_pairs(loaded, rows, descriptors_of(table), threshold)
+    if regions:
+        from .region_search import annotate_groups, place_boxes, region_collection_pairs
+
+        item_of_row = np.full(len(in_root), -1, dtype=np.int64)
+        item_of_row[rows] = np.arange(len(rows))
+        for i in np.nonzero(in_root & ~whole)[0]:  # region rows belong to their image's item
+            item_of_row[i] = item_of_row[loaded.rows.global_of[loaded.paths[i]]]
+        # (the region rows of another name of a grouped file stay out with that name)
+        all_rows = np.nonzero(in_root & (item_of_row >= 0))[0].astype(np.int64)
+        found = region_collection_pairs(loaded, all_rows, descriptors_of(full.take(all_rows)), item_of_row, threshold)
+        place_boxes(found, [it.path for it in items])
+        pairs = found.pairs()
+    else:
+        pairs = collection_pairs(loaded, rows, descriptors_of(table), threshold)
     items = refine_pixel_hashes(items, zip(pairs.first.tolist(), pairs.second.tolist()))
     memory = load_memory(store.folder)
     groups = build_groups(items, pairs, choose=make_chooser(keep, protect_dirs, memory.preferred), rejected=memory.rejected)
+    if regions:
+        annotate_groups(groups, found, {it.path: i for i, it in enumerate(items)})
     mark_protected(groups, protect_dirs)
     attach_aliases(groups, aliases)
     out = Path(output)

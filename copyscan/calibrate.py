@@ -89,6 +89,7 @@ def calibrate(
     workers: int | None = None,
     device: str = "auto",
     progress=None,
+    regions: bool = False,
 ) -> Calibration:
     """Measure copy and non-copy scores on a sample of `folder` and pick thresholds (see module doc)."""
     from .edits import DIFFICULTIES, EDITS, apply_edits, check_names
@@ -139,12 +140,17 @@ def calibrate(
                 copy_src.append(oi)
                 copy_edit.append(name)
         copy_vecs, copy_kept = _embed(copy_entries, m, batch_size, workers, progress)
+        if regions:  # scored as `query --regions` scores them: the same threshold, measured
+            from .region_search import best_with_crops
+
+            sims = best_with_crops(copy_vecs @ orig_vecs.T, [e.path for e in copy_kept], orig_vecs, m, batch_size)
     index_of = {e.path: i for i, e in enumerate(copy_entries)}
     rows = [index_of[e.path] for e in copy_kept]
     src = np.asarray([copy_src[r] for r in rows], dtype=np.int64)
     edit_of = [copy_edit[r] for r in rows]
 
-    sims = copy_vecs @ orig_vecs.T  # copies x originals: small (sample-sized), never the folder's N x N
+    if not regions:
+        sims = copy_vecs @ orig_vecs.T  # copies x originals: small (sample-sized), never the folder's N x N
     pos = sims[np.arange(len(src)), src]
     neg_mask = np.ones_like(sims, dtype=bool)
     neg_mask[np.arange(len(src)), src] = False

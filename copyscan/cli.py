@@ -119,6 +119,7 @@ BatchOpt = typer.Option(32, "--batch-size", "-b", min=1, max=MAX_BATCH_SIZE, hel
 WorkersOpt = typer.Option(None, "--workers", "-j", min=0, max=MAX_WORKERS, help="Decoding processes, 0 for none (decode in the main process) \\[default: one a core, at most 8; on a GPU all cores but one, at most 16].", show_default=False)
 DeviceOpt = typer.Option(Device.auto, "--device", help="Where the model runs.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar \\[default: off].", show_default=False)
+RegionsOpt = typer.Option(False, "--regions", help="Partial copies too (a photo inside a screenshot or collage, a crop): region rows in the index, crops of uncertain queries, geometric verification; each match gets the box of the copy on each side \\[default: off].", show_default=False)
 # Post-processing: given on index, query, dedupe or eval, it is stored in the index for later runs.
 BackgroundOpt = typer.Option(None, "--background", help="Folder of photos unrelated to the references and queries, to fit whitening and score normalisation on (a new one turns both on); kept in the index \\[default: the index's, if any].", show_default=False)
 WhitenOpt = typer.Option(None, "--whiten/--no-whiten", help="PCA whitening + L2 norm of descriptors \\[default: as stored in the index; off in a new one].", show_default=False)
@@ -153,6 +154,7 @@ def index(
     score_norm: Optional[bool] = ScoreNormOpt,
     whiten_dim: Optional[int] = WhitenDimOpt,
     beta: Optional[float] = BetaOpt,
+    regions: bool = RegionsOpt,
 ) -> None:
     """Embed the images of FOLDER into an index (only new or changed files; removed ones are dropped).
 
@@ -165,7 +167,8 @@ def index(
     from .api import index_folder
 
     s = _run(index_folder, folder, index_dir=index_dir, model=model or DEFAULT_MODEL,
-             extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta))
+             extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta),
+             regions=regions)
     _print_index_summary(s)
 
 
@@ -186,6 +189,7 @@ def query(
     score_norm: Optional[bool] = ScoreNormOpt,
     whiten_dim: Optional[int] = WhitenDimOpt,
     beta: Optional[float] = BetaOpt,
+    regions: bool = RegionsOpt,
 ) -> None:
     """Match every image of FOLDER against the index; writes OUTPUT/matches.csv and OUTPUT/report.html.
 
@@ -198,7 +202,8 @@ def query(
     from .api import query_folder
 
     s = _run(query_folder, folder, index_dir=index_dir, output=output, threshold=threshold, top_k=top_k, model=model,
-             extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta))
+             extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta),
+             regions=regions)
     _print_notes(s.notes)
     out.print(f"[bold]{s.queries}[/] queries, [bold]{s.with_match}[/] with a match, {s.matches} matches in all ({s.seconds:.1f} s)")
     _print_skipped(s.skipped, None)
@@ -225,6 +230,7 @@ def dedupe(
     beta: Optional[float] = BetaOpt,
     keep: KeepRule = typer.Option("original", "--keep", help="Which image of a group to keep: original (the likely original: most detail of the shared content, fewest signs of editing), resolution, oldest, newest, largest, smallest."),
     protect: Optional[list[Path]] = typer.Option(None, "--protect", help="A folder whose files are always kept and never touched; repeatable \\[default: none].", show_default=False),
+    regions: bool = RegionsOpt,
 ) -> None:
     """Find groups of copies inside FOLDER and choose the image to keep in each. Nothing is moved or deleted.
 
@@ -241,7 +247,7 @@ def dedupe(
 
     s = _run(run_dedupe, folder, output=output, threshold=threshold, index_dir=index_dir, model=model,
              extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta),
-             keep=keep.value, protect=protect)
+             keep=keep.value, protect=protect, regions=regions)
     _print_index_summary(s.index)
     out.print(
         f"[bold]{len(s.groups)}[/] groups of copies among {s.images} images: {s.copies} copies "
@@ -561,6 +567,7 @@ def calibrate(
     workers: Optional[int] = WorkersOpt,
     device: Device = DeviceOpt,
     quiet: bool = QuietOpt,
+    regions: bool = typer.Option(False, "--regions", help="Score the copies as `query --regions` does (crops of uncertain copies) \\[default: off].", show_default=False),
 ) -> None:
     """Pick a threshold from your own photos: edited copies of a sample against the rest, at a named precision.
 
@@ -584,7 +591,8 @@ def calibrate(
                 spinner.update(f"calibrating: {done[0]} photos and edited copies embedded")
 
         cal = _run(run_calibration, folder, model or DEFAULT_MODEL, sample, names, difficulty,
-                   tuple(precision or DEFAULT_PRECISIONS), threshold, seed, batch_size, workers, device.value, tick)
+                   tuple(precision or DEFAULT_PRECISIONS), threshold, seed, batch_size, workers, device.value, tick,
+                   regions=regions)
     files = _run(write_outputs, cal, output)
     out.print(f"{cal.model} on {cal.originals} photos of {_esc(cal.folder)}: {cal.copies} edited copies, "
               f"{cal.non_copy_pairs:,} non-copy pairs")
@@ -620,6 +628,7 @@ def eval_cmd(
     score_norm: Optional[bool] = ScoreNormOpt,
     whiten_dim: Optional[int] = WhitenDimOpt,
     beta: Optional[float] = BetaOpt,
+    regions: bool = typer.Option(False, "--regions", help="Query with --regions (crops of uncertain queries, geometric verification) \\[default: off].", show_default=False),
     batch_size: int = BatchOpt,
     workers: Optional[int] = WorkersOpt,
     device: Device = DeviceOpt,
@@ -653,7 +662,7 @@ def eval_cmd(
     else:
         result = _run(evaluate_bench, bench_dir, output=output, model=model, index_dir=index_dir, top_k=top_k,
                       post=_post(background, whiten, score_norm, whiten_dim, beta),
-                      extraction=_extraction(batch_size, workers, device, quiet or json_out))
+                      extraction=_extraction(batch_size, workers, device, quiet or json_out), regions=regions)
         metrics, doc, per_edit, bench_run = result.metrics, result.to_dict(), result.per_edit, result
     if json_out:
         print(json.dumps(doc))

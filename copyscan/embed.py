@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, decode_file
 from .discover import FileEntry, Skipped
 from .models.base import DescriptorModel
+from .regions import Box, region_pixels
 from .store import Row
 
 
@@ -57,10 +58,11 @@ def lower_priority(niceness: int, _worker_id: int = 0) -> None:
 
 
 class _Files(Dataset):
-    def __init__(self, entries: Sequence[FileEntry], size: int, max_pixels: int):
+    def __init__(self, entries: Sequence[FileEntry], size: int, max_pixels: int, boxes: Sequence[Box] = ()):
         self.entries = entries
         self.size = size
         self.max_pixels = max_pixels
+        self.boxes = boxes  # region crops to embed too (copyscan.regions)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -69,6 +71,8 @@ class _Files(Dataset):
         entry = self.entries[i]
         try:
             d = decode_file(entry.path, self.size, self.max_pixels)
+            if self.boxes:
+                return i, (d.pixels, region_pixels(entry.path, self.size, self.boxes, self.max_pixels)), (d.width, d.height, d.content_hash, d.pixel_hash)
         except DecodeError as exc:
             return i, None, str(exc)
         except Exception as exc:  # a decoder bug must cost one file, not the run
@@ -79,7 +83,10 @@ class _Files(Dataset):
 def _collate(items):
     good = [(i, px, meta) for i, px, meta in items if px is not None]
     bad = [(i, reason) for i, px, reason in items if px is None]
-    pixels = torch.from_numpy(np.stack([px for _, px, _ in good])) if good else None
+    if good and isinstance(good[0][1], tuple):  # whole images and their region crops, in one batch
+        pixels = torch.from_numpy(np.concatenate([np.stack([px[0] for _, px, _ in good])] + [px[1] for _, px, _ in good]))
+    else:
+        pixels = torch.from_numpy(np.stack([px for _, px, _ in good])) if good else None
     return [i for i, _, _ in good], pixels, [m for _, _, m in good], bad
 
 
@@ -88,6 +95,8 @@ class EmbeddedBatch:
     rows: list[Row]
     descriptors: np.ndarray  # (len(rows), dim) float32
     skipped: list[Skipped]
+    # With `boxes`: (len(rows) * len(boxes), dim), row-major (each row's boxes in order).
+    region_descriptors: np.ndarray | None = None
 
 
 def embed_entries(
@@ -97,13 +106,17 @@ def embed_entries(
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress=None,
+    boxes: Sequence[Box] = (),
 ) -> Iterator[EmbeddedBatch]:
-    """Yield embedded batches in order of completion; `progress(n_done_in_batch)` is called per batch."""
+    """Yield embedded batches in order of completion; `progress(n_done_in_batch)` is called per batch.
+
+    `boxes` (copyscan.regions) also embeds those crops of every image, in the same batches.
+    """
     if not entries:
         return
     workers = default_workers(gpu=model.device.type == "cuda") if workers is None else workers
     loader = DataLoader(
-        _Files(entries, model.input_size, max_pixels),
+        _Files(entries, model.input_size, max_pixels, tuple(boxes)),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
@@ -122,4 +135,86 @@ def embed_entries(
         skipped = [Skipped(entries[i].path, reason, entries[i].bytes, entries[i].mtime_ns) for i, reason in bad]
         if progress is not None:
             progress(len(indices) + len(bad))
-        yield EmbeddedBatch(rows, descriptors, skipped)
+        if boxes:
+            yield EmbeddedBatch(rows, descriptors[: len(rows)], skipped, descriptors[len(rows):])
+        else:
+            yield EmbeddedBatch(rows, descriptors, skipped)
+
+
+# ---- region crops (copyscan.regions) ------------------------------------------------------------
+
+
+@dataclass
+class RegionBatch:
+    """Region descriptors of some images: rows `owner[i]` of the request, box `boxes[i]`."""
+
+    owner: np.ndarray  # (n,) int64: which requested item each descriptor belongs to
+    boxes: list[Box]
+    descriptors: np.ndarray  # (n, dim) float32
+    failed: list[tuple[int, str]]  # (item, reason): files that could not be decoded now
+
+
+class _Requests(Dataset):
+    """(path, boxes) requests: each file decoded once, at the resolution its smallest box needs."""
+
+    def __init__(self, requests: Sequence[tuple[str, Sequence[Box]]], size: int, max_pixels: int):
+        self.requests = requests
+        self.size = size
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def __getitem__(self, i: int):
+        path, boxes = self.requests[i]
+        try:
+            return i, region_pixels(path, self.size, boxes, self.max_pixels), None
+        except DecodeError as exc:
+            return i, None, str(exc)
+        except Exception as exc:  # a decoder bug must cost one file, not the run
+            return i, None, f"unexpected decoder error: {type(exc).__name__}: {exc}"
+
+
+def _collate_requests(items):
+    return items  # each item keeps its own stack of crops
+
+
+def embed_regions(
+    requests: Sequence[tuple[str, Sequence[Box]]],
+    model,
+    batch_size: int = 32,
+    workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Iterator[RegionBatch]:
+    """Embed the boxes of each (path, boxes) request; yields batches of about `batch_size` crops.
+
+    Files are decoded again (once each, at the resolution the smallest box needs) in worker
+    processes, as in copyscan.embed.
+    """
+    if not requests:
+        return
+    workers = default_workers(gpu=model.device.type == "cuda") if workers is None else workers
+    per_file = max(1, max(len(b) for _, b in requests))
+    loader = DataLoader(
+        _Requests(requests, model.input_size, max_pixels),
+        batch_size=max(1, batch_size // per_file), num_workers=workers, collate_fn=_collate_requests,
+        prefetch_factor=4 if workers else None,
+        worker_init_fn=partial(lower_priority, CPU_DECODE_NICENESS) if model.device.type == "cpu" and workers else None,
+    )
+    for items in loader:
+        owner: list[int] = []
+        boxes: list[Box] = []
+        stacks = []
+        failed = []
+        for i, pixels, reason in items:
+            if pixels is None:
+                failed.append((i, reason))
+                continue
+            owner.extend([i] * len(pixels))
+            boxes.extend(requests[i][1])
+            stacks.append(pixels)
+        if stacks:
+            descriptors = model.embed(torch.from_numpy(np.concatenate(stacks)))
+        else:
+            descriptors = np.zeros((0, model.dim), np.float32)
+        yield RegionBatch(np.asarray(owner, dtype=np.int64), boxes, descriptors, failed)

@@ -148,12 +148,13 @@ def evaluate_bench(
     top_k: int = 10,
     post=None,
     extraction: Extraction | None = None,
+    regions: bool = False,
 ) -> BenchEvaluation:
     """Index BENCH/references (incrementally, into OUT/index unless `index_dir`), query
     BENCH/queries keeping each query's top-k whatever the score, and score the predictions.
 
     `post` (a `postprocess.PostOptions`) sets up whitening / score normalisation in the index
-    first; without it the index's stored setting (if any) is used.
+    first; without it the index's stored setting (if any) is used. `regions` queries with --regions.
     """
     bench = Path(bench_dir)
     _check_bench(bench)
@@ -177,7 +178,7 @@ def evaluate_bench(
                         "references; use a fresh --index-dir")
     # -1 keeps every top-k match, normalised scores below -1 too (score.score_floor).
     queried = query_folder(query_root, index_dir=index_dir, output=out, threshold=-1.0, top_k=top_k,
-                           extraction=extraction, report=False)
+                           extraction=extraction, report=False, regions=regions)
     predictions = _predictions_from_matches(out / "matches.csv", query_root, ref_root)
     try:
         metrics = evaluate(gt, predictions, unknown_queries="error")

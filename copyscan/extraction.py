@@ -17,6 +17,9 @@ class Extraction:
     device: str = "auto"  # where the model runs: auto, cpu, cuda
     progress: bool = False  # draw a progress bar on the terminal
     max_pixels: int = DEFAULT_MAX_PIXELS  # images above this are skipped before decoding (bombs)
+    # Region crops embedded with every image (x0, y0, x1, y1 fractions; copyscan.regions): set by
+    # `index --regions`, stored as region rows beside the image's row.
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
 
 
 __all__ = ["Extraction"]

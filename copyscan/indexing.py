@@ -69,13 +69,19 @@ class IndexPlan:
         return len(self.entries) - len(self.todo)
 
 
-def plan(store: IndexStore, root: str) -> IndexPlan:
+def plan(store: IndexStore, root: str, regions: bool = False) -> IndexPlan:
+    """`regions`: files indexed without region rows count as changed (they are embedded again)."""
     entries, found_skips = discover(root)
     known = store.known_files()
+    if regions:
+        with_regions = store.paths_with_regions()
+        known_for_todo = {p: v for p, v in known.items() if p in with_regions}
+    else:
+        known_for_todo = known
     old_skips = store.read_skipped()
     old_skip_at = {s.path: (s.bytes, s.mtime_ns) for s in old_skips}
     present = {e.path for e in entries}
-    todo = [e for e in entries if known.get(e.path) != (e.bytes, e.mtime_ns) and old_skip_at.get(e.path) != (e.bytes, e.mtime_ns)]
+    todo = [e for e in entries if known_for_todo.get(e.path) != (e.bytes, e.mtime_ns) and old_skip_at.get(e.path) != (e.bytes, e.mtime_ns)]
     redo = {e.path for e in todo}
     # Skip records outside this folder stay; inside it, those of unchanged bad files stay.
     keep_skips = [s for s in old_skips if not under(s.path, root) or (s.path in present and s.path not in redo)]
@@ -91,7 +97,7 @@ def local_engine(entries: Sequence[FileEntry], model: LazyModel, extraction: Ext
     from .embed import embed_entries
 
     return embed_entries(entries, model.get(), extraction.batch_size, extraction.workers, extraction.max_pixels,
-                         progress=advance)
+                         progress=advance, boxes=extraction.boxes)
 
 
 # ---- 3. shard writer ----------------------------------------------------------------------------
@@ -112,11 +118,23 @@ class ShardWriter:
         self.written = 0
         self._rows: list = []
         self._descriptors: list = []
+        self._regions: list = []  # with region rows (index --regions): each row's region number and box
+        self._boxes: list = []
         self._last_flush = time.monotonic()
 
-    def add(self, batch: EmbeddedBatch) -> None:
-        self._rows.extend(batch.rows)
-        self._descriptors.append(batch.descriptors)
+    def add(self, batch: EmbeddedBatch, boxes: Sequence = ()) -> None:
+        """`boxes`: the region crops `batch.region_descriptors` hold, stored as region rows."""
+        if boxes and batch.region_descriptors is not None:
+            from .regions import with_region_rows
+
+            rows, descriptors, regions, row_boxes = with_region_rows(batch.rows, batch.descriptors, batch.region_descriptors, boxes)
+            self._rows.extend(rows)
+            self._descriptors.append(descriptors)
+            self._regions.append(regions)
+            self._boxes.append(row_boxes)
+        else:
+            self._rows.extend(batch.rows)
+            self._descriptors.append(batch.descriptors)
         self.new_skips.extend(batch.skipped)
         if len(self._rows) >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
@@ -131,10 +149,19 @@ class ShardWriter:
             # disk must not make the interrupt handler's flush write the same rows again. One
             # landing before the rename loses this shard's rows, which the next run embeds.
             rows, descs = list(self._rows), list(self._descriptors)
+            regions, boxes = list(self._regions), list(self._boxes)
             self._rows.clear()
             self._descriptors.clear()
-            self.store.write_shard(self.store.next_shard_number(), rows_to_table(rows, np.concatenate(descs)), self.info)
-            self.written += len(rows)
+            self._regions.clear()
+            self._boxes.clear()
+            if regions:
+                kinds = np.concatenate(regions)
+                table = rows_to_table(rows, np.concatenate(descs), kinds, np.concatenate(boxes))
+                self.written += int((kinds == 0).sum())
+            else:
+                table = rows_to_table(rows, np.concatenate(descs))
+                self.written += len(rows)
+            self.store.write_shard(self.store.next_shard_number(), table, self.info)
         self.store.write_skipped(self.skips)
         self._last_flush = time.monotonic()
 
@@ -164,13 +191,16 @@ def commit(store: IndexStore, info: ModelInfo, roots: list[str], skipped: int) -
     from .store import descriptors_of
 
     post = load_stored(store)
-    vectors = references_of(post, descriptors_of(store.read_table(["descriptor"])))
+    table = store.read_table(["descriptor", "region"])
+    vectors = references_of(post, descriptors_of(table))
+    # Region rows (index --regions) are in the same FAISS file; the counts are of images.
+    region_rows = int(sum(1 for r in table.column("region").to_pylist() if r))
     choice = ann.choose_index(len(vectors), vectors.shape[1])
     index = ann.build_index(vectors, choice)
     meta = store.save_faiss(index, choice.factory, choice.reason, choice.nprobe, len(vectors),
                             describe_score(store.postprocess_entry()))
-    store.commit_manifest(info, len(vectors), skipped, meta, roots)
-    return len(vectors), choice.factory
+    store.commit_manifest(info, len(vectors) - region_rows, skipped, meta, roots, region_rows)
+    return len(vectors) - region_rows, choice.factory
 
 
 # ---- the job ------------------------------------------------------------------------------------
@@ -201,7 +231,7 @@ def _index_locked(store: IndexStore, root: str, model: LazyModel, extraction: Ex
     rows_per_shard = flush_rows()
     info = model.identity()
     store.check_model(info)
-    work = plan(store, root)
+    work = plan(store, root, regions=bool(extraction.boxes))
     writer = ShardWriter(store, info, work.keep_skips + work.found_skips, rows_per_shard)
     if work.todo:
         store.start_manifest(info, [root])  # before any shard: a resumed run is checked against the same model
@@ -212,7 +242,7 @@ def _index_locked(store: IndexStore, root: str, model: LazyModel, extraction: Ex
                     if model.loaded:  # shards record the runtime it runs on, as the manifest does
                         writer.info = model.get().info
                     clock.add(len(batch.rows))
-                    writer.add(batch)
+                    writer.add(batch, extraction.boxes)
         except KeyboardInterrupt:
             writer.flush()
             raise Interrupted(

@@ -19,9 +19,18 @@ from .store import atomic_write_bytes
 MATCHES_CSV = "matches.csv"
 GROUPS_CSV = "groups.csv"
 GROUPS_JSON = "groups.json"
-MATCHES_HEADER = ["query_path", "reference_path", "score", "rank"]
-GROUPS_HEADER = ["group_id", "path", "role", "score", "width", "height", "bytes", "match", "path_b64"]
+# Where the copy sits (copyscan.region_search; 0,0,1,1 for a whole-image match): its box in the
+# query, and the part of the reference it shows, as x0, y0, x1, y1 in fractions of width and height.
+BOX_COLUMNS = ["query_x0", "query_y0", "query_x1", "query_y1", "reference_x0", "reference_y0", "reference_x1", "reference_y1"]
+# groups.csv: where the copy sits in this member, and which part of the group's kept image it shows.
+GROUP_BOX_COLUMNS = ["box_x0", "box_y0", "box_x1", "box_y1", "keep_box_x0", "keep_box_y0", "keep_box_x1", "keep_box_y1"]
+MATCHES_HEADER = ["query_path", "reference_path", "score", "rank", *BOX_COLUMNS]
+GROUPS_HEADER = ["group_id", "path", "role", "score", "width", "height", "bytes", "match", "path_b64", *GROUP_BOX_COLUMNS]
 MATCH_SAME_FILE = "same-file"  # in groups.csv: another name (symlink, hard link) of the member above
+
+
+def format_box(box) -> list[str]:
+    return [f"{v:.4f}" for v in box]
 
 
 class MatchesWriter:
@@ -36,7 +45,8 @@ class MatchesWriter:
 
     def write(self, result: QueryResult) -> None:
         for m in result.matches:
-            self._csv.writerow([display_path(result.query_path), display_path(m.reference_path), f"{m.score:.6f}", m.rank])
+            self._csv.writerow([display_path(result.query_path), display_path(m.reference_path), f"{m.score:.6f}", m.rank,
+                                *format_box(m.query_box), *format_box(m.reference_box)])
 
     def __enter__(self) -> MatchesWriter:
         return self
@@ -52,9 +62,12 @@ def write_groups_csv(path: Path, groups: list[Group]) -> None:
     writer.writerow(GROUPS_HEADER)
     for g in groups:
         for m in g.members:
-            writer.writerow([g.group_id, display_path(m.path), m.role, f"{m.score:.6f}", m.width, m.height, m.bytes, m.match, path_to_b64(m.path)])
+            where = [*format_box(m.box), *format_box(m.keep_box)]
+            writer.writerow([g.group_id, display_path(m.path), m.role, f"{m.score:.6f}", m.width, m.height, m.bytes, m.match,
+                             path_to_b64(m.path), *where])
             for alias in m.aliases:
-                writer.writerow([g.group_id, display_path(alias), m.role, f"{m.score:.6f}", m.width, m.height, m.bytes, MATCH_SAME_FILE, path_to_b64(alias)])
+                writer.writerow([g.group_id, display_path(alias), m.role, f"{m.score:.6f}", m.width, m.height, m.bytes,
+                                 MATCH_SAME_FILE, path_to_b64(alias), *where])
     atomic_write_bytes(Path(path), buf.getvalue().encode("utf-8"))
 
 
@@ -87,7 +100,9 @@ def _member_doc(m: Member) -> dict:
         "match": m.match, "width": m.width, "height": m.height, "bytes": m.bytes, "mtime_ns": m.mtime_ns,
         "content_hash": m.content_hash,
         "aliases": [{"path": display_path(a), "path_b64": path_to_b64(a)} for a in m.aliases],
+        "box": list(m.box), "keep_box": list(m.keep_box), "box_area": round(m.box_area, 4),
     }
 
 
-__all__ = ["GROUPS_CSV", "GROUPS_HEADER", "GROUPS_JSON", "MATCH_SAME_FILE", "MATCHES_CSV", "MatchesWriter", "write_groups_csv", "write_groups_json"]
+__all__ = ["BOX_COLUMNS", "GROUP_BOX_COLUMNS", "GROUPS_CSV", "GROUPS_HEADER", "GROUPS_JSON", "MATCH_SAME_FILE", "MATCHES_CSV",
+           "MatchesWriter", "write_groups_csv", "write_groups_json"]

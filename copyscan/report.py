@@ -15,10 +15,11 @@ import pathlib
 import tempfile
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
 
 from .decode import load_thumbnail
 from .oserrors import remove_quietly, writing
-from .results import MATCH_IDENTICAL_FILE, MATCH_IDENTICAL_PIXELS, MATCH_NEAR, Group, QueryResult
+from .results import FULL_BOX, MATCH_IDENTICAL_FILE, MATCH_IDENTICAL_PIXELS, MATCH_NEAR, Group, QueryResult
 
 THUMB_DIR = "thumbs"
 _BADGES = {
@@ -50,6 +51,10 @@ table.sum th{background:#eef1f4;font-weight:600}
 .b-keep{background:#2f7d32;color:#fff}.b-query{background:#2b5fb4;color:#fff}
 .b-file{background:#6a1b9a;color:#fff}.b-pix{background:#ad1457;color:#fff}.b-near{background:#ffe0b2;color:#7a4100}
 .none{color:#6c757d;font-style:italic;align-self:center}
+.boxed{position:relative;display:flex;align-items:center;justify-content:center;width:var(--t);height:var(--t);background:#e9ecef;border-radius:4px}
+.boxed span{position:relative;display:inline-block;line-height:0}
+.boxed img{max-width:var(--t);max-height:var(--t)}
+.where{position:absolute;border:2px solid #e53935;box-shadow:0 0 0 1px #fff;pointer-events:none}
 """
 
 
@@ -148,9 +153,18 @@ def _thumbs(paths: list[str], out_dir: pathlib.Path, thumb_size: int,
         raise
 
 
-def _card(path: str, src: str | None, body: str, cls: str = "") -> str:
+def _card(path: str, src: str | None, body: str, cls: str = "", boxes: Sequence[Sequence[float]] = ()) -> str:
+    """One image's card; `boxes` (fractions x0, y0, x1, y1) outline where a copy sits in it."""
+    boxes = [b for b in boxes if tuple(b) != FULL_BOX]
     if src is None:
         img = '<div class="thumb nopv">no preview</div>'
+    elif boxes:
+        # The outline is positioned in % of a wrapper that shrinks to the picture itself.
+        marks = "".join(
+            f'<i class="where" style="left:{100 * b[0]:.1f}%;top:{100 * b[1]:.1f}%;'
+            f'width:{100 * (b[2] - b[0]):.1f}%;height:{100 * (b[3] - b[1]):.1f}%"></i>' for b in boxes
+        )
+        img = f'<div class="boxed"><span><img src="{_text(src)}" alt="" loading="lazy">{marks}</span></div>'
     else:
         img = f'<img class="thumb" src="{_text(src)}" alt="" loading="lazy">'
     return (
@@ -222,10 +236,11 @@ def write_query_report(
     body = []
     for r in shown:
         size = f'<div class="meta">{r.width} x {r.height}</div>' if r.width and r.height else ""
-        cards = [_card(r.query_path, srcs[r.query_path], f'<span class="badge b-query">QUERY</span>{size}', "query")]
+        cards = [_card(r.query_path, srcs[r.query_path], f'<span class="badge b-query">QUERY</span>{size}', "query",
+                       [m.query_box for m in r.matches])]
         for m in sorted(r.matches, key=lambda m: m.rank):
             meta = f'<div class="score">{m.score:.3f}</div><div class="meta">rank {int(m.rank)}</div>'
-            cards.append(_card(m.reference_path, srcs[m.reference_path], meta))
+            cards.append(_card(m.reference_path, srcs[m.reference_path], meta, boxes=[m.reference_box]))
         if not r.matches:
             cards.append('<div class="none">no match at or above the threshold</div>')
         body.append(f'<div class="group"><div class="row">{"".join(cards)}</div></div>')
@@ -256,11 +271,12 @@ def write_dedupe_report(
             dims = f'<div class="meta">{wh}{_human_bytes(m.bytes)}</div>'
             if i == 0:  # the kept image is always first (Group.keep)
                 reason = f'<div class="meta">{_text(g.keep_reason)}</div>' if g.keep_reason else ""
-                cards.append(_card(m.path, srcs[m.path], f'<span class="badge b-keep">KEEP</span>{reason}{dims}', "keep"))
+                cards.append(_card(m.path, srcs[m.path], f'<span class="badge b-keep">KEEP</span>{reason}{dims}', "keep",
+                                   [c.keep_box for c in g.copies]))
             else:
                 label, cls = _BADGES.get(m.match, (m.match, "b-near"))
                 meta = f'<div class="score">{m.score:.3f}</div><span class="badge {cls}">{_text(label)}</span>{dims}'
-                cards.append(_card(m.path, srcs[m.path], meta))
+                cards.append(_card(m.path, srcs[m.path], meta, boxes=[m.box]))
         n = len(g.members) - 1
         head = (f"<h2>Group {_text(g.group_id)} · {n} cop{'y' if n == 1 else 'ies'} · "
                 f'<span class="reclaim">{_human_bytes(reclaimable(g))} reclaimable</span></h2>')

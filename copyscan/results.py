@@ -13,11 +13,17 @@ MATCH_IDENTICAL_PIXELS = "identical-pixels"  # same decoded pixels, other bytes 
 MATCH_NEAR = "near"  # descriptor similarity at or above the threshold
 
 
+# Where a copy sits: (x0, y0, x1, y1) in fractions of an image's width and height.
+FULL_BOX = (0.0, 0.0, 1.0, 1.0)
+
+
 @dataclass
 class Match:
     reference_path: str
     score: float  # the score (score.py): a cosine, or normalised when the index says so
     rank: int  # 1 = best match of this query
+    query_box: tuple[float, float, float, float] = FULL_BOX  # the copy in the query (--regions)
+    reference_box: tuple[float, float, float, float] = FULL_BOX  # the part of the reference it shows
 
 
 @dataclass
@@ -40,6 +46,15 @@ class Member:
     mtime_ns: int = 0  # as indexed: apply leaves a file alone that changed since
     content_hash: str = ""
     aliases: list[str] = field(default_factory=list)  # other names of this very file (symlinks, hard links)
+    # With --regions: where the copy sits in this member, and which part of the kept image it
+    # shows. box_area() is the share of this image's pixels that show the copy (a photo filling
+    # 30% of a screenshot: 0.3), for the keep rule.
+    box: tuple[float, float, float, float] = FULL_BOX
+    keep_box: tuple[float, float, float, float] = FULL_BOX
+
+    @property
+    def box_area(self) -> float:
+        return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
 
 
 @dataclass

@@ -18,6 +18,7 @@ from .extraction import Extraction
 from .group import Pairs
 from .models import is_registered
 from .postprocess import PostProcess, describe_score, load_stored, stored_threshold
+from .regions import RowTable, whole_image_params
 from .results import Match, QueryResult
 from .score import DEFAULT_THRESHOLD, pairs_of, queries_of, references_of, score_floor
 from .store import IndexStore, descriptors_of, paths_of
@@ -33,6 +34,7 @@ class LoadedIndex:
     index: object  # faiss.Index over every live row, in the score rule's reference form
     paths: list[str]
     post: PostProcess = field(default_factory=PostProcess)  # the index's stored post-processing
+    rows: RowTable | None = None  # each FAISS row's path, region number (0: whole image) and box
 
     @property
     def model_ref(self) -> str:
@@ -55,12 +57,13 @@ def load_index(store: IndexStore) -> LoadedIndex:
     manifest = store.read_manifest()
     post = load_stored(store)
     fresh = store.faiss_is_fresh(manifest)
-    table = store.read_table([] if fresh else ["descriptor"])
+    table = store.read_table(["region", "box"] if fresh else ["descriptor", "region", "box"])
     if fresh:
         index = store.load_faiss(manifest)
     else:
         index = ann.build_index(references_of(post, descriptors_of(table)))
-    return LoadedIndex(store, manifest, index, paths_of(table), post)
+    paths = paths_of(table)
+    return LoadedIndex(store, manifest, index, paths, post, RowTable.from_table(table, paths))
 
 
 def model_ref(store: IndexStore, manifest: dict | None = None) -> str:
@@ -92,8 +95,10 @@ def query_batches(loaded: LoadedIndex, entries: Sequence[FileEntry], model: Desc
             yield [], batch.skipped
             continue
         queries = queries_of(loaded.post, batch.descriptors)
-        # One more than asked: the query itself may be in the index.
-        rows, ids, scores = ann.search_above_flat(loaded.index, queries, floor, k=top_k + 1, max_k=top_k + 1)
+        # One more than asked: the query itself may be in the index. Whole-image rows only: an
+        # index built with --regions searches as one without (region_search uses the others).
+        rows, ids, scores = ann.search_above_flat(loaded.index, queries, floor, k=top_k + 1, max_k=top_k + 1,
+                                                  params=whole_image_params(loaded.index, loaded.rows))
         bounds = np.searchsorted(rows, np.arange(len(queries) + 1))
         results = []
         for q, row in enumerate(batch.rows):

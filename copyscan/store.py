@@ -395,17 +395,27 @@ class IndexStore:
                 raise IndexFolderError(f"shard {shard} is unreadable ({exc}); delete it and run `copyscan index` again") from None
         if not tables:
             return _empty(cols, self._dim_or_none())
-        table = pa.concat_tables(tables)
+        # Shards written before region rows existed lack their columns: null there, read as whole images.
+        table = pa.concat_tables(tables, promote_options="default")
         keys = table.column("path_bytes").to_pylist()
+        # A path's live rows are all its rows in the newest shard holding it (its whole-image row
+        # and any region rows, copyscan.regions).
+        shard_of = np.repeat(np.arange(len(tables)), [t.num_rows for t in tables])
         last: dict[bytes, int] = {}
         for i, key in enumerate(keys):
-            last[key] = i
-        keep = np.fromiter((i for i, key in enumerate(keys) if last[key] == i), dtype=np.int64)
+            last[key] = shard_of[i]
+        keep = np.fromiter((i for i, key in enumerate(keys) if last[key] == shard_of[i]), dtype=np.int64)
         if root is not None:
             keep = np.asarray([i for i in keep if under(os.fsdecode(keys[i]), root)], dtype=np.int64)
         if len(keep) != table.num_rows:
             table = table.take(pa.array(keep, type=pa.int64()))
         return table
+
+    def paths_with_regions(self) -> set[str]:
+        """Paths whose live rows include region rows (copyscan.regions)."""
+        t = self.read_table(["region"])
+        regions = t.column("region").to_pylist()
+        return {os.fsdecode(p) for p, r in zip(t.column("path_bytes").to_pylist(), regions) if r}
 
     def known_files(self) -> dict[str, tuple[int, int]]:
         """path -> (bytes, mtime_ns) of every live row."""
@@ -498,9 +508,14 @@ class IndexStore:
         self._write_manifest_doc(manifest)
         return manifest
 
-    def commit_manifest(self, info: ModelInfo, images: int, skipped: int, faiss_meta: dict[str, Any], roots: list[str]) -> dict[str, Any]:
-        """The manifest after a run: counts of live rows, shards and skipped files, the FAISS entry."""
-        return self.write_manifest(info, {"images": images, "shards": len(self.shard_paths()), "skipped": skipped}, faiss_meta, roots)
+    def commit_manifest(self, info: ModelInfo, images: int, skipped: int, faiss_meta: dict[str, Any], roots: list[str],
+                        region_rows: int = 0) -> dict[str, Any]:
+        """The manifest after a run: counts of live images, shards and skipped files (and of region
+        rows, when there are any), the FAISS entry."""
+        counts = {"images": images, "shards": len(self.shard_paths()), "skipped": skipped}
+        if region_rows:
+            counts["region_rows"] = region_rows
+        return self.write_manifest(info, counts, faiss_meta, roots)
 
     def start_manifest(self, info: ModelInfo, roots: list[str]) -> None:
         """A new index's first manifest, written before any shard (FAISS "not built"), so that a
@@ -641,7 +656,14 @@ def _read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
     # ParquetFile, not pq.read_table: read_table goes through pyarrow.dataset, whose import pulls
     # in pandas (0.2-0.7 s of every command here, more than reading the shards).
     with pq.ParquetFile(path) as fh:
-        return fh.read(columns=columns)
+        if columns is None:
+            return fh.read()
+        present = set(fh.schema_arrow.names)
+        table = fh.read(columns=[c for c in columns if c in present])
+    for name in columns:  # the optional region columns, absent from shards written without them
+        if name not in present and name in REGION_FIELDS:
+            table = table.append_column(REGION_FIELDS[name], pa.nulls(table.num_rows, REGION_FIELDS[name].type))
+    return table
 
 
 def _digest(text: str) -> str:
@@ -657,12 +679,32 @@ def _now() -> str:
 def _empty(columns: list[str] | None, dim: int | None) -> pa.Table:
     s = schema(dim or 1)
     names = columns or s.names
-    return pa.table({n: pa.array([], type=s.field(n).type) for n in names})
+    types = {f.name: f.type for f in [*s, *REGION_FIELDS.values()]}
+    return pa.table({n: pa.array([], type=types[n]) for n in names})
 
 
-def rows_to_table(rows: list[Row], descriptors: np.ndarray) -> pa.Table:
+# Optional columns of region rows (copyscan.regions): 0 and null box for a whole image, k >= 1 for
+# the image's k-th region, with its box (x0, y0, x1, y1 in fractions of width and height).
+REGION_FIELDS = {
+    "region": pa.field("region", pa.int16()),
+    "box": pa.field("box", pa.list_(pa.float32(), 4)),
+}
+
+
+def rows_to_table(rows: list[Row], descriptors: np.ndarray, regions: np.ndarray | None = None,
+                  boxes: np.ndarray | None = None) -> pa.Table:
+    """A shard's table; `regions` (n,) and `boxes` (n, 4) add the region columns."""
     dim = descriptors.shape[1]
     flat = pa.array(np.ascontiguousarray(descriptors, dtype=np.float32).reshape(-1), type=pa.float32())
+    table = _rows_table(rows, flat, dim)
+    if regions is not None:
+        box_flat = pa.array(np.ascontiguousarray(boxes, dtype=np.float32).reshape(-1), type=pa.float32())
+        table = table.append_column(REGION_FIELDS["region"], pa.array(np.asarray(regions, dtype=np.int16)))
+        table = table.append_column(REGION_FIELDS["box"], pa.FixedSizeListArray.from_arrays(box_flat, 4))
+    return table
+
+
+def _rows_table(rows: list[Row], flat: pa.Array, dim: int) -> pa.Table:
     return pa.table(
         {
             "path": pa.array([display_path(r.path) for r in rows], pa.string()),

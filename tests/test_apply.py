@@ -234,7 +234,7 @@ def test_links_are_one_file_and_move_together(cwd, calibrated_model):
         im.save(photos / "zz_resave.jpg", quality=50)
     cli("dedupe", "./photos", "--model", calibrated_model, "-j", "0", "-q", "-o", "dup")
     header, rows = read_csv(cwd / "dup" / "groups.csv")
-    assert header[-1] == "path_b64"
+    assert "path_b64" in header
     roles = {r["path"]: (r["role"], r["match"]) for r in rows}
     names = {str(photos / n) for n in ("original.jpg", "x.jpg", "hard.jpg")}
     assert names <= set(roles)

@@ -39,6 +39,7 @@ import copyscan.models as models
 from copyscan.extraction import Extraction
 from copyscan.cli import app
 from copyscan.decode import decode_file
+from copyscan.outputs import BOX_COLUMNS, GROUP_BOX_COLUMNS
 from copyscan.models.base import DescriptorModel
 from copyscan.store import IndexStore, descriptors_of, paths_of
 
@@ -231,7 +232,7 @@ def test_query_finds_default_index_and_writes_matches(cwd, tiny_model_path):
     r = cli("query", "./refs", "--model", tiny_model_path, "--threshold", "-1", "--top-k", "3", "-j", "0", "-q")
     out = cwd / "copyscan-query"
     header, rows = read_csv(out / "matches.csv")
-    assert header == ["query_path", "reference_path", "score", "rank"]
+    assert header == ["query_path", "reference_path", "score", "rank", *BOX_COLUMNS]
     assert (out / "report.html").exists()
     by_query: dict[str, list[dict[str, str]]] = {}
     for row in rows:
@@ -257,7 +258,7 @@ def test_query_threshold_filters(cwd, tiny_model_path):
     cli("index", "./refs", "--model", tiny_model_path, "-j", "0", "-q")
     cli("query", "./refs", "--threshold", "1", "-j", "0", "-q")  # the top of the cosine scale
     header, rows = read_csv(cwd / "copyscan-query" / "matches.csv")
-    assert header == ["query_path", "reference_path", "score", "rank"]
+    assert header == ["query_path", "reference_path", "score", "rank", *BOX_COLUMNS]
     assert all(float(r["score"]) >= 1.0 for r in rows)
     assert len(rows) < GOOD_IN_LIBRARY
 
@@ -285,7 +286,7 @@ def test_dedupe_groups_exact_and_near_copies_and_leaves_folder_alone(cwd, calibr
     assert snapshot(cwd / "photos") == before, "dedupe changed the user's folder"
 
     header, rows, doc = _groups(cwd)
-    assert header == ["group_id", "path", "role", "score", "width", "height", "bytes", "match", "path_b64"]
+    assert header == ["group_id", "path", "role", "score", "width", "height", "bytes", "match", "path_b64", *GROUP_BOX_COLUMNS]
     assert (cwd / "copyscan-dedupe" / "report.html").exists()
     groups: dict[str, list[dict[str, str]]] = {}
     for row in rows:

@@ -1,0 +1,139 @@
+"""Geometric verification: does a reference appear in a query, and where (OpenCV local features).
+
+Two images are described by ORB keypoints (binary descriptors: the fastest OpenCV detector, a few
+milliseconds at 512 pixels, where SIFT takes about 25 ms), matched with Lowe's ratio test, and an
+affine map from the reference onto the query is fitted robustly (RANSAC). Enough inliers mean the
+reference, or a part of it, is in the query; the map then gives where the copy sits on each side:
+
+    query box      the reference's frame mapped into the query, clipped to the query
+    reference box  the query's frame mapped back into the reference, clipped to it
+
+A photo pasted into a screenshot gets a small query box and the full reference box; a crop of a
+poster gets the full query box and a small reference box. Boxes are (x0, y0, x1, y1) in fractions
+of width and height (copyscan.regions.Box).
+
+The inlier count is not a score on the descriptor's scale, so search does not use it as one: it
+re-embeds the verified box and scores it by the same cosine (copyscan.region_search), and the
+threshold keeps its meaning. An affine map covers the library's edits up to a mild perspective
+(resize, crop, aspect, rotation, paste, screenshot); a mirrored copy is not verified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .regions import Box
+
+FEATURE_SIDE = 512  # longest side the features are computed at: pastes of 30% still get ~150 px
+MAX_FEATURES = 500  # with 1000, matching took 8 ms a pair on the dev benchmark, against 3 ms
+RATIO = 0.8  # Lowe's ratio test
+MIN_INLIERS = 15  # below this, random matches fit an affine map too often (BENCHMARKS.md)
+REPROJECTION_PX = 6.0  # RANSAC inlier distance at FEATURE_SIDE
+MAX_UPSCALE = 2.0  # small images are enlarged towards FEATURE_SIDE: ORB finds few corners in 200 px
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - a dependency; kept as a clear message all the same
+        from .errors import UserError
+
+        raise UserError("geometric verification needs OpenCV: pip install opencv-python-headless") from None
+    return cv2
+
+
+@dataclass
+class Features:
+    points: np.ndarray  # (n, 2) float32: keypoint positions as fractions of width and height
+    descriptors: np.ndarray | None  # (n, 32) uint8 ORB descriptors; None when no keypoint
+    width: int  # of the image the features were computed on
+    height: int
+
+
+@dataclass
+class Verification:
+    inliers: int
+    query_box: Box  # where the copy sits in the query
+    reference_box: Box  # which part of the reference it shows
+    matrix: np.ndarray  # (2, 3) affine map from reference fractions to query fractions
+
+
+def features_of(img: Image.Image | np.ndarray) -> Features:
+    """ORB features of an RGB image (PIL or HWC uint8), scaled to FEATURE_SIDE (enlarged 2x at most)."""
+    cv2 = _cv2()
+    if isinstance(img, Image.Image):
+        img = img.convert("L")
+        scale = min(MAX_UPSCALE, FEATURE_SIDE / max(img.size))
+        if abs(scale - 1) > 0.05:
+            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BILINEAR)
+        gray = np.asarray(img, dtype=np.uint8)
+    else:
+        gray = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
+        scale = min(MAX_UPSCALE, FEATURE_SIDE / max(gray.shape[:2]))
+        if abs(scale - 1) > 0.05:
+            gray = cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))), interpolation=cv2.INTER_AREA)
+    h, w = gray.shape[:2]
+    orb = cv2.ORB_create(nfeatures=MAX_FEATURES, fastThreshold=10)
+    keypoints, descriptors = orb.detectAndCompute(gray, None)
+    points = np.array([k.pt for k in keypoints], dtype=np.float32).reshape(-1, 2) / np.array([w, h], dtype=np.float32)
+    return Features(points, descriptors, w, h)
+
+
+def verify(query: Features, reference: Features, min_inliers: int = MIN_INLIERS) -> Verification | None:
+    """Fit reference -> query; None when too few matches agree on one affine map."""
+    cv2 = _cv2()
+    if query.descriptors is None or reference.descriptors is None or len(query.points) < 3 or len(reference.points) < 3:
+        return None
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    pairs = matcher.knnMatch(reference.descriptors, query.descriptors, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+    if len(good) < min_inliers:
+        return None
+    # Fitted in the query's pixels, so that the RANSAC tolerance is a distance on the query.
+    qsize = np.array([query.width, query.height], dtype=np.float32)
+    rsize = np.array([reference.width, reference.height], dtype=np.float32)
+    src = reference.points[[m.queryIdx for m in good]] * rsize
+    dst = query.points[[m.trainIdx for m in good]] * qsize
+    matrix, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=REPROJECTION_PX,
+                                        maxIters=2000, confidence=0.99, refineIters=10)
+    if matrix is None or mask is None:
+        return None
+    inliers = int(mask.sum())
+    if inliers < min_inliers or not _plausible(matrix):
+        return None
+    # In fractions: q = Q^-1 (A (R r)) with R, Q the pixel scalings.
+    frac = np.diag(1.0 / qsize.astype(np.float64)) @ matrix @ np.diag([*rsize.astype(np.float64), 1.0])
+    query_box = _clip(_mapped_box(frac, (0.0, 0.0, 1.0, 1.0)))
+    inverse = cv2.invertAffineTransform(frac)
+    reference_box = _clip(_mapped_box(inverse, (0.0, 0.0, 1.0, 1.0)))
+    if query_box is None or reference_box is None:
+        return None
+    return Verification(inliers, query_box, reference_box, frac)
+
+
+def _plausible(matrix: np.ndarray) -> bool:
+    """A copy is not mirrored, squashed 4x one way, or shrunk to a speck by the map."""
+    linear = matrix[:, :2]
+    det = float(np.linalg.det(linear))
+    if det <= 0:
+        return False
+    s = np.linalg.svd(linear, compute_uv=False)
+    return s[1] > 0 and s[0] / s[1] < 4.0 and 0.02 < np.sqrt(det) < 50.0
+
+
+def _mapped_box(matrix: np.ndarray, box: Box) -> Box:
+    x0, y0, x1, y1 = box
+    corners = np.array([[x0, y0, 1], [x1, y0, 1], [x1, y1, 1], [x0, y1, 1]], dtype=np.float64)
+    mapped = corners @ matrix.T
+    return (float(mapped[:, 0].min()), float(mapped[:, 1].min()), float(mapped[:, 0].max()), float(mapped[:, 1].max()))
+
+
+def _clip(box: Box, min_side: float = 0.05) -> Box | None:
+    x0, y0 = max(0.0, box[0]), max(0.0, box[1])
+    x1, y1 = min(1.0, box[2]), min(1.0, box[3])
+    if x1 - x0 < min_side or y1 - y0 < min_side:
+        return None
+    return (round(x0, 4), round(y0, 4), round(x1, 4), round(y1, 4))

@@ -1,0 +1,270 @@
+"""Regions (--regions): boxes, geometric verification, region rows in the store, and where the copy
+sits in matches.csv, groups.csv and the HTML report (issue 18)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import make_photo, photo_array
+
+import copyscan.api as api
+from copyscan.extraction import Extraction
+from copyscan.identity import ModelInfo
+from copyscan.outputs import BOX_COLUMNS
+from copyscan.region_search import RowTable, image_pairs
+from copyscan.regions import FULL_BOX, grid_boxes, iou, with_region_rows
+from copyscan.results import Match, QueryResult
+from copyscan.store import IndexStore, Row, paths_of, rows_to_table
+from copyscan.verify import features_of, verify
+
+
+X0 = Extraction(workers=0)  # decode in this process: a few images do not pay for worker start-up
+
+
+def paste(ref: Image.Image, background: Image.Image, fill: float, rng: random.Random) -> tuple[Image.Image, tuple]:
+    """`ref` pasted onto `background` at `fill` of its width; the image and the true box."""
+    bg = background.copy()
+    w = round(bg.width * fill)
+    h = min(bg.height, round(w * ref.height / ref.width))
+    x, y = rng.randint(0, bg.width - w), rng.randint(0, bg.height - h)
+    bg.paste(ref.resize((w, h), Image.Resampling.BILINEAR), (x, y))
+    return bg, (x / bg.width, y / bg.height, (x + w) / bg.width, (y + h) / bg.height)
+
+
+def read_rows(path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ---- boxes -----------------------------------------------------------------------------------------
+
+
+def test_grid_boxes_and_iou():
+    assert grid_boxes(0.6, 1) == [(0.2, 0.2, 0.8, 0.8)]
+    grid = grid_boxes(0.6, 3)
+    assert len(grid) == 9 and grid[0] == (0.0, 0.0, 0.6, 0.6) and grid[-1] == (0.4, 0.4, 1.0, 1.0)
+    assert all(0 <= b[0] < b[2] <= 1 and 0 <= b[1] < b[3] <= 1 for b in grid_boxes(0.75, 2))
+    assert iou(FULL_BOX, FULL_BOX) == 1.0
+    assert iou((0, 0, 0.5, 0.5), (0.5, 0.5, 1, 1)) == 0.0
+    assert iou((0, 0, 1, 1), (0, 0, 0.5, 1)) == pytest.approx(0.5)
+
+
+def test_with_region_rows_orders_images_then_regions():
+    rows = [Row(f"/p/{i}.jpg", 1, 1, "h", "p", 10, 10) for i in range(2)]
+    desc = np.eye(2, 4, dtype=np.float32)
+    region_desc = np.ones((4, 4), np.float32)
+    boxes = [(0.2, 0.2, 0.8, 0.8), (0, 0, 0.5, 0.5)]
+    out_rows, out_desc, kinds, out_boxes = with_region_rows(rows, desc, region_desc, boxes)
+    assert [r.path for r in out_rows] == ["/p/0.jpg", "/p/1.jpg", "/p/0.jpg", "/p/0.jpg", "/p/1.jpg", "/p/1.jpg"]
+    assert kinds.tolist() == [0, 0, 1, 2, 1, 2]
+    assert out_desc.shape == (6, 4) and out_boxes.shape == (6, 4)
+    assert tuple(out_boxes[0]) == FULL_BOX and out_boxes[3].tolist() == [0, 0, 0.5, 0.5]
+
+
+# ---- geometric verification --------------------------------------------------------------------
+
+
+def test_verify_places_pasted_copies():
+    # The issue's check in small: IoU of the reported box >= 0.5 for 90% of the pastes found.
+    rng = random.Random(0)
+    ious = []
+    for k in range(6):
+        ref = Image.fromarray(photo_array((320, 240), seed=10 + k))
+        query, truth = paste(ref, Image.fromarray(photo_array((640, 480), seed=100 + k)), rng.uniform(0.3, 0.7), rng)
+        v = verify(features_of(query), features_of(ref))
+        if v is not None:
+            ious.append(iou(v.query_box, truth))
+            assert v.reference_box == pytest.approx(FULL_BOX, abs=0.05)  # the whole reference is shown
+    assert len(ious) >= 5
+    assert np.mean([x >= 0.5 for x in ious]) >= 0.9
+
+
+def test_verify_crop_gives_the_reference_box():
+    ref = Image.fromarray(photo_array((640, 480), seed=0))
+    query = ref.crop((160, 120, 480, 360))
+    v = verify(features_of(query), features_of(ref))
+    assert v is not None
+    assert v.query_box == pytest.approx(FULL_BOX, abs=0.05)
+    assert iou(v.reference_box, (0.25, 0.25, 0.75, 0.75)) >= 0.8
+
+
+def test_verify_rejects_unrelated_and_mirrored_images():
+    a = Image.fromarray(photo_array((400, 300), seed=1))
+    b = Image.fromarray(photo_array((400, 300), seed=2))
+    assert verify(features_of(a), features_of(b)) is None
+    flat = Image.new("RGB", (300, 200), (120, 120, 120))  # no keypoints at all
+    assert verify(features_of(flat), features_of(a)) is None
+
+
+# ---- store: region rows beside the image's row ------------------------------------------------
+
+
+def test_region_rows_live_with_their_image_and_old_shards_read_as_whole_images(tmp_path):
+    store = IndexStore(tmp_path / "idx")
+    store.shard_dir.mkdir(parents=True)
+    a = Row("/p/a.jpg", 1, 1, "h", "p", 10, 10)
+    b = Row("/p/b.jpg", 1, 1, "h", "p", 10, 10)
+    info = ModelInfo("tiny", 4, 64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "a" * 64, "torch", "/models/tiny.safetensors")
+    store.write_shard(0, rows_to_table([a, b], np.eye(2, 4, dtype=np.float32)), info)  # before regions
+    rows, desc, kinds, boxes = with_region_rows([a], np.ones((1, 4), np.float32), np.ones((1, 4), np.float32),
+                                                [(0.2, 0.2, 0.8, 0.8)])
+    store.write_shard(1, rows_to_table(rows, desc, kinds, boxes), info)  # a again, now with a region row
+    table = store.read_table(["descriptor", "region", "box"])
+    info = RowTable.from_table(table, paths_of(table))
+    assert sorted(zip(info.paths, info.regions.tolist())) == [("/p/a.jpg", 0), ("/p/a.jpg", 1), ("/p/b.jpg", 0)]
+    assert info.has_regions and info.per_image == 2
+    region_row = int(np.nonzero(info.regions == 1)[0][0])
+    assert info.boxes[region_row].tolist() == pytest.approx([0.2, 0.2, 0.8, 0.8])
+    assert store.paths_with_regions() == {"/p/a.jpg"}
+    assert store.compact(set()) == 1  # a's old row goes, its two new rows stay
+    assert pq.read_table(store.shard_paths()[-1]).num_rows == 2
+
+
+def test_image_pairs_drop_same_image_and_region_region_pairs():
+    info = RowTable(["a", "b", "a", "b"], np.array([0, 0, 1, 1], np.int16),
+                    np.array([FULL_BOX, FULL_BOX, (0.2, 0.2, 0.8, 0.8), (0, 0, 0.5, 0.5)], np.float32))
+    first, second = np.array([0, 0, 1, 2, 0]), np.array([1, 2, 2, 3, 3])
+    scores = np.array([0.5, 0.9, 0.8, 0.99, 0.6], np.float32)
+    found = image_pairs(first, second, scores, info, np.array([0, 1, 0, 1]))
+    # (a, a-region) is one image; (a-region, b-region) is region-region; best of the rest: 0.8
+    assert found.first.tolist() == [0] and found.second.tolist() == [1]
+    assert found.score.tolist() == pytest.approx([0.8])
+    box_a, box_b = found.boxes[(0, 1)]
+    assert box_a == pytest.approx((0.2, 0.2, 0.8, 0.8)) and box_b == FULL_BOX
+
+
+# ---- end to end --------------------------------------------------------------------------------
+
+
+def test_index_regions_leave_plain_search_unchanged(tmp_path, tiny_model_path):
+    folder = tmp_path / "refs"
+    for s in range(5):
+        make_photo(folder / f"r{s}.jpg", size=(200, 150), seed=s)
+    plain = api.index_folder(folder, index_dir=tmp_path / "plain", model=str(tiny_model_path), extraction=X0)
+    regions = api.index_folder(folder, index_dir=tmp_path / "regions", model=str(tiny_model_path), extraction=X0, regions=True)
+    assert plain.total == regions.total == 5 and regions.embedded == 5
+    manifest = json.loads((tmp_path / "regions" / "manifest.json").read_text())
+    assert manifest["counts"]["images"] == 5 and manifest["counts"]["region_rows"] == 5
+    for name in ("plain", "regions"):
+        api.query_folder(folder, index_dir=tmp_path / name, output=tmp_path / f"out-{name}", threshold=-1, top_k=3,
+                         extraction=X0, report=False)
+    assert read_rows(tmp_path / "out-plain" / "matches.csv") == read_rows(tmp_path / "out-regions" / "matches.csv")
+    # Indexing again with --regions re-embeds nothing; without, the region rows stay.
+    assert api.index_folder(folder, index_dir=tmp_path / "regions", model=str(tiny_model_path), extraction=X0, regions=True).embedded == 0
+    assert api.index_folder(folder, index_dir=tmp_path / "plain", model=str(tiny_model_path), extraction=X0, regions=True).embedded == 5
+
+
+def test_query_regions_finds_a_paste_and_where_it_sits(tmp_path):
+    # The shipped model: a photo pasted at 45% of a larger picture's width scores low as a whole
+    # image; with --regions it is found and its box reported on both sides.
+    refs = tmp_path / "refs"
+    for s in range(4):
+        make_photo(refs / f"r{s}.jpg", size=(480, 360), seed=300 + s)
+    with Image.open(refs / "r0.jpg") as ref:  # 45% of the width, off centre
+        query = Image.fromarray(photo_array((800, 600), seed=400))
+        query.paste(ref.resize((360, 270)), (300, 200))
+        truth = (300 / 800, 200 / 600, 660 / 800, 470 / 600)
+    (tmp_path / "q").mkdir()
+    query.save(tmp_path / "q" / "screen.jpg", quality=92)
+    api.index_folder(refs, index_dir=tmp_path / "idx", extraction=X0)
+    plain = api.query_folder(tmp_path / "q", index_dir=tmp_path / "idx", output=tmp_path / "plain", threshold=-1, top_k=2,
+                             extraction=X0, report=False)
+    # At the default threshold: a copy below it as a whole image, lifted over it by its crop or
+    # its verified box, is reported.
+    found = api.query_folder(tmp_path / "q", index_dir=tmp_path / "idx", output=tmp_path / "out", top_k=2,
+                             extraction=X0, regions=True)
+    assert plain.queries == found.queries == 1
+    before = read_rows(tmp_path / "plain" / "matches.csv")
+    rows = read_rows(tmp_path / "out" / "matches.csv")
+    assert list(rows[0])[4:] == BOX_COLUMNS
+    assert rows[0]["reference_path"].endswith("r0.jpg")
+    score_before = max(float(r["score"]) for r in before if r["reference_path"].endswith("r0.jpg")) if before else -1
+    assert float(rows[0]["score"]) > score_before and float(rows[0]["score"]) >= api.DEFAULT_THRESHOLD > score_before
+    box = tuple(float(rows[0][c]) for c in BOX_COLUMNS[:4])
+    assert iou(box, truth) >= 0.5
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert 'class="where"' in html  # the box drawn on the query's thumbnail
+
+
+def test_dedupe_regions_reports_the_box_and_its_area(tmp_path):
+    folder = tmp_path / "photos"
+    for s in range(3):
+        make_photo(folder / f"p{s}.jpg", size=(480, 360), seed=500 + s)
+    with Image.open(folder / "p0.jpg") as im:
+        # A screenshot-like frame: the photo at 80% of the width, bars around it.
+        frame = Image.new("RGB", (600, 540), (245, 245, 245))
+        frame.paste(im, (60, 90))
+        frame.save(folder / "screenshot.png")
+    s = api.dedupe(folder, output=tmp_path / "out", index_dir=tmp_path / "idx", extraction=X0, regions=True)
+    groups = [g for g in s.groups if {m.path.rsplit("/", 1)[-1] for m in g.members} == {"p0.jpg", "screenshot.png"}]
+    assert len(groups) == 1
+    shot = next(m for m in groups[0].members if m.path.endswith("screenshot.png"))
+    photo = next(m for m in groups[0].members if m.path.endswith("p0.jpg"))
+    # Where the photo sits in the screenshot, as the box of whichever member is the copy.
+    in_shot = shot.box if shot.role == "copy" else photo.keep_box
+    assert iou(in_shot, (60 / 600, 90 / 540, 540 / 600, 450 / 540)) >= 0.9  # placed, not the whole frame
+    doc = json.loads((tmp_path / "out" / "groups.json").read_text())
+    member = next(m for g in doc["groups"] for m in g["members"] if m["path"].endswith("screenshot.png"))
+    assert "box_area" in member and "keep_box" in member
+    header = next(csv.reader(open(tmp_path / "out" / "groups.csv", encoding="utf-8")))
+    assert header[-8:] == ["box_x0", "box_y0", "box_x1", "box_y1", "keep_box_x0", "keep_box_y0", "keep_box_x1", "keep_box_y1"]
+
+
+def test_report_draws_boxes_only_for_partial_copies(tmp_path):
+    from copyscan.report import write_query_report
+
+    make_photo(tmp_path / "q.jpg", size=(120, 90), seed=1)
+    make_photo(tmp_path / "r.jpg", size=(120, 90), seed=2)
+    whole = QueryResult(str(tmp_path / "q.jpg"), [Match(str(tmp_path / "r.jpg"), 0.9, 1)])
+    page = write_query_report(tmp_path / "a", [whole], {}).read_text()
+    assert 'class="where"' not in page
+    part = QueryResult(str(tmp_path / "q.jpg"), [Match(str(tmp_path / "r.jpg"), 0.9, 1, (0.1, 0.2, 0.6, 0.7), FULL_BOX)])
+    page = write_query_report(tmp_path / "b", [part], {}).read_text()
+    assert page.count('class="where"') == 1 and "left:10.0%;top:20.0%;width:50.0%;height:50.0%" in page
+
+
+def test_calibrate_scores_with_crops_only_raise_uncertain_rows(tmp_path, tiny_model_path):
+    from copyscan.models import create_model
+    from copyscan.region_search import RegionSettings, best_with_crops
+
+    model = create_model(str(tiny_model_path), "cpu")
+    paths = [str(make_photo(tmp_path / f"c{i}.jpg", size=(160, 120), seed=i)) for i in range(3)]
+    sims = np.array([[0.9, 0.1], [0.2, 0.3], [0.5, -0.2]], np.float32)  # row 0 is certain
+    refs = np.random.default_rng(0).normal(size=(2, model.dim)).astype(np.float32)
+    raised = best_with_crops(sims, paths, refs, model, settings=RegionSettings(crop_below=0.65))
+    assert raised[0].tolist() == sims[0].tolist()
+    assert (raised >= sims).all() and raised.shape == sims.shape
+
+
+def test_regions_option_on_index_query_dedupe_and_calibrate(tmp_path, tiny_model_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from copyscan.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COPYSCAN_INDEX_DIR", raising=False)
+    for s in range(4):
+        make_photo(tmp_path / "photos" / f"p{s}.jpg", size=(160, 120), seed=s)
+
+    def cli(*args):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result
+
+    cli("index", "photos", "--model", tiny_model_path, "--regions", "-j", "0", "-q")
+    manifest = json.loads((tmp_path / ".copyscan" / "index" / "manifest.json").read_text())
+    assert manifest["counts"]["region_rows"] == 4
+    cli("query", "photos", "--regions", "-t", "-1", "-k", "2", "-j", "0", "-q")
+    header = next(csv.reader(open(tmp_path / "copyscan-query" / "matches.csv", encoding="utf-8")))
+    assert header[4:] == BOX_COLUMNS
+    cli("dedupe", "photos", "--regions", "-j", "0", "-q")
+    assert (tmp_path / "copyscan-dedupe" / "groups.csv").exists()
+    cli("calibrate", "photos", "--model", tiny_model_path, "--regions", "-n", "3", "--edits", "crop,pad", "-j", "0", "-q")
+    assert (tmp_path / "copyscan-calibrate" / "calibration.json").exists()
