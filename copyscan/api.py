@@ -241,7 +241,7 @@ def dedupe(
     import numpy as np
 
     from .group import Item, build_groups
-    from .keep import make_chooser, mark_protected
+    from .keep import facts_of, make_chooser, mark_protected
     from .review_memory import load_memory
     from .same_files import attach_aliases, collapse_same_files, refine_pixel_hashes
     from .store import descriptors_of, paths_of
@@ -297,7 +297,14 @@ def dedupe(
         pairs = collection_pairs(loaded, rows, descriptors_of(table), threshold)
     items = refine_pixel_hashes(items, zip(pairs.first.tolist(), pairs.second.tolist()))
     memory = load_memory(store.folder)
-    groups = build_groups(items, pairs, choose=make_chooser(keep, protect_dirs, memory.preferred), rejected=memory.rejected)
+    facts_fn = facts_of
+    if regions:  # a photo filling 30% of a screenshot holds 30% of its pixels of detail
+        from .region_search import content_boxes
+
+        boxes = content_boxes(found, [it.path for it in items])
+        facts_fn = lambda path: facts_of(path, within=boxes.get(path))  # noqa: E731
+    groups = build_groups(items, pairs, choose=make_chooser(keep, protect_dirs, memory.preferred, facts_fn=facts_fn),
+                          rejected=memory.rejected)
     if regions:
         annotate_groups(groups, found, {it.path: i for i, it in enumerate(items)})
     mark_protected(groups, protect_dirs)

@@ -129,11 +129,14 @@ def twin_key(path: str, nbytes: int, mtime_ns: int) -> tuple:
 # ---- looking at one image ----------------------------------------------------------------------
 
 
-def facts_of(path: str) -> Facts | None:
+def facts_of(path: str, within: tuple[float, float, float, float] | None = None) -> Facts | None:
     """Facts of one image, or None when it cannot be decoded (it then only ties on detail).
 
     Analysed at most ANALYSIS_SIDE long (a large JPEG decoded at reduced scale); the footprint
-    box is given back in the image's own pixels.
+    box is given back in the image's own pixels. `within`: where `dedupe --regions` found the
+    group's shared content in this image (fractions x0, y0, x1, y1); when it is smaller than the
+    trimmed footprint, it is the footprint (a photo pasted on a busy background has no uniform
+    frame to trim, yet fills only that box).
     """
     try:
         data = read_bytes(path)
@@ -148,6 +151,11 @@ def facts_of(path: str) -> Facts | None:
     k = min(1.0, FRAME_SIDE / max(img.size))  # frames are found on a small version, for speed
     probe = rgb if k == 1.0 else np.asarray(img.resize((max(1, round(img.width * k)), max(1, round(img.height * k))), Image.Resampling.BOX))
     (px0, py0, px1, py1), frame = footprint(probe)
+    if within is not None:
+        ph, pw = probe.shape[:2]
+        bx0, by0, bx1, by1 = (round(within[0] * pw), round(within[1] * ph), round(within[2] * pw), round(within[3] * ph))
+        if bx1 > bx0 and by1 > by0 and (bx1 - bx0) * (by1 - by0) < (px1 - px0) * (py1 - py0):
+            (px0, py0, px1, py1), frame = (bx0, by0, bx1, by1), "frame"
     fx, fy = img.width / probe.shape[1], img.height / probe.shape[0]
     x0, y0, x1, y1 = round(px0 * fx), round(py0 * fy), round(px1 * fx), round(py1 * fy)
     region = img.crop((x0, y0, x1, y1))

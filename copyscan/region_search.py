@@ -416,6 +416,25 @@ def place_boxes(pairs: RegionPairs, paths: list[str], limit: int = 100_000) -> i
     return placed
 
 
+def content_boxes(pairs: RegionPairs, paths: list[str]) -> dict[str, tuple[float, float, float, float]]:
+    """path -> the smallest box in which a pair found the shared content of that image (only
+    boxes smaller than the whole image); the keep rule reads it as the image's footprint."""
+    best: dict[str, tuple[float, float, float, float]] = {}
+    for (i, j), (box_i, box_j) in pairs.boxes.items():
+        for item, box in ((i, box_i), (j, box_j)):
+            box = tuple(float(v) for v in box)
+            if box == FULL_BOX:
+                continue
+            old = best.get(paths[item])
+            if old is None or _area(box) < _area(old):
+                best[paths[item]] = box
+    return best
+
+
+def _area(box) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
 def annotate_groups(groups, pairs: RegionPairs, item_of_path: dict[str, int]) -> None:
     """Give each copy in `groups` the boxes of its pair with the kept image (when regions won it)."""
     for g in groups:

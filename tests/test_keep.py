@@ -143,3 +143,31 @@ def test_decode_failure_does_not_crash_the_choice(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     c = choose_keep([Candidate(str(tmp_path / "bad.jpg"), 300, 200, 12), Candidate(str(good), 300, 200, good.stat().st_size)])
     assert c.index in (0, 1) and c.reason
+
+
+def test_region_box_is_the_footprint_of_a_paste_on_a_busy_background(tmp_path):
+    """Issue 18: `dedupe --regions` knows where the copy sits. A photo pasted at 30% of the area
+    of a busy (untrimmable) picture holds 30% of its pixels of detail, so the standalone original
+    wins although the collage has more pixels."""
+    orig = make_photo(tmp_path / "orig.jpg", size=(300, 225), seed=5)
+    background = np.asarray(Image.open(make_photo(tmp_path / "bg.png", size=(600, 450), seed=11)))
+    noise = np.random.default_rng(0).integers(0, 60, background.shape, dtype=np.uint8)
+    canvas = Image.fromarray(np.clip(background.astype(int) + noise, 0, 255).astype(np.uint8))
+    canvas.paste(Image.open(orig).resize((330, 247)), (150, 100))  # 30% of the area
+    (tmp_path / "bg.png").unlink()
+    collage = tmp_path / "collage.jpg"
+    canvas.save(collage, quality=95)
+    box = (150 / 600, 100 / 450, 480 / 600, 347 / 450)
+
+    plain = facts_of(str(collage))
+    assert plain.box == (0, 0, 600, 450)  # nothing uniform to trim: the whole picture
+    boxed = facts_of(str(collage), within=box)
+    x0, y0, x1, y1 = boxed.box
+    assert abs(x0 - 150) <= 2 and abs(y0 - 100) <= 2 and abs(x1 - 480) <= 2 and abs(y1 - 347) <= 2
+    assert boxed.frame  # the rest of the picture is not the photo: it counts against
+    assert facts_of(str(collage), within=(0.0, 0.0, 1.0, 1.0)).box == (0, 0, 600, 450)  # a box never grows it
+
+    cands = [Candidate(str(collage), 600, 450, collage.stat().st_size), Candidate(str(orig), 300, 225, orig.stat().st_size)]
+    assert choose_keep(cands).index == 0  # by pixels of the whole frame, the collage would win
+    boxes = {str(collage): box}
+    assert choose_keep(cands, facts_fn=lambda p: facts_of(p, within=boxes.get(p))).index == 1
