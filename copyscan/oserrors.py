@@ -100,4 +100,18 @@ def remove_quietly(*paths: str | os.PathLike) -> None:
             pass
 
 
-__all__ = ["WriteError", "explain", "is_user_fixable", "make_folder", "remove_quietly", "writing"]
+__all__ = ["WriteError", "explain", "fsync_dir", "is_user_fixable", "make_folder", "remove_quietly", "writing"]
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename or a new file in `folder` durable (best effort: some file systems refuse)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

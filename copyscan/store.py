@@ -43,7 +43,7 @@ from .discover import Skipped, display_path, under
 from .errors import IndexFolderError
 from .identity import ModelInfo
 from .index_recovery import SHARD_META_KEY, describe, manifest_problem, sort_orphans, survey
-from .oserrors import is_user_fixable, remove_quietly, writing
+from .oserrors import fsync_dir, is_user_fixable, remove_quietly, writing
 from .version import __version__
 
 FORMAT = "copyscan-index"
@@ -124,7 +124,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object], where: str = 
     finally:
         if tmp is not None and os.path.exists(tmp):
             remove_quietly(tmp)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _current_umask() -> int:
@@ -134,19 +134,6 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def to_path_bytes(path: str) -> bytes:

@@ -15,7 +15,7 @@ import stat
 import urllib.parse
 from pathlib import Path
 
-from .journal import fsync_dir
+from ..oserrors import fsync_dir
 
 CHUNK = 1 << 20
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..discover import display_path
+from ..oserrors import fsync_dir
 
 FORMAT = "copyscan-apply"
 
@@ -29,7 +30,7 @@ class Journal:
         # "x": a journal is never appended to by a second apply, nor overwritten.
         self._fh = open(self.path, "xb")
         self.write({"journal": FORMAT, "version": 1, **header})
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def write(self, record: dict) -> None:
         self._fh.write((json.dumps(record, ensure_ascii=True) + "\n").encode("ascii"))
@@ -66,20 +67,3 @@ def read_journal(path: str | os.PathLike) -> tuple[dict, list[dict]]:
     if not records or records[0].get("journal") != FORMAT:
         raise UserError(f"{display_path(str(p))} is not a copyscan apply journal")
     return records[0], records[1:]
-
-
-def fsync_dir(folder: str | os.PathLike) -> None:
-    _fsync_dir(Path(folder))
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
