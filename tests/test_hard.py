@@ -183,7 +183,7 @@ def test_hard_run_resumes_exactly_and_keeps_the_best(train_photos, tiny_model_pa
     whole, split = read_jsonl(tmp_path / "whole" / "metrics.jsonl"), read_jsonl(tmp_path / "split" / "metrics.jsonl")
     assert [r["step"] for r in split] == [1, 2, 3, 4]
     for a, b in zip(whole, split):
-        for key in ("loss", "rel", "con", "hn"):
+        for key in ("loss", "rel", "con", "align"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["step"], key)
     evals = read_jsonl(tmp_path / "whole" / "eval.jsonl")
     assert [e["step"] for e in evals] == [0, 2, 4]

@@ -135,8 +135,8 @@ class HardAugment:
 
     def __init__(self, size: int, *, framing_weights: dict[str, float] | None = None, p_crop: float = 0.35,
                  p_rotate: float = 0.2, p_perspective: float = 0.15, p_color: float = 0.5, p_grayscale: float = 0.1,
-                 p_blur: float = 0.15, p_pixelate: float = 0.1, p_text: float = 0.25, p_emoji: float = 0.25,
-                 p_jpeg: float = 0.35, p_strong_jpeg: float = 0.5) -> None:
+                 p_blur: float = 0.15, p_pixelate: float = 0.07, p_text: float = 0.25, p_emoji: float = 0.25,
+                 p_jpeg: float = 0.35, p_strong_jpeg: float = 0.3) -> None:
         if int(size) < 1:
             raise ValueError(f"augmentation size must be at least 1 pixel, got {size}")
         self.size = int(size)
@@ -173,12 +173,15 @@ class HardAugment:
 
         if rng.random() < 0.5:
             step((ImageOps.mirror(out), "hflip"))
-        if rng.random() < p["crop"]:
-            step(crop(out, rng))
-        if rng.random() < p["rotate"]:
-            step(rotate(out, rng))
-        if rng.random() < p["perspective"]:
-            step(basic.perspective(out, rng, rng.random()))
+        # At most one strong geometric edit, and none under a framing that already shrinks the
+        # photo: a 15% crop shown at 20% of a screenshot leaves nothing to recognise.
+        geometry = [g for g in ("crop", "rotate", "perspective") if rng.random() < p[g]]
+        if framing in ("paste_into", "screenshot", "chat"):
+            geometry = [g for g in geometry if g != "crop"]
+        if geometry:
+            g = geometry[0]
+            step(crop(out, rng) if g == "crop" else rotate(out, rng) if g == "rotate"
+                 else basic.perspective(out, rng, rng.random()))
         if rng.random() < p["color"]:
             step(basic.color(out, rng, rng.random()))
         if rng.random() < p["grayscale"]:
