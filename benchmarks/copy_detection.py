@@ -120,13 +120,13 @@ def main() -> None:
         if index_dir.exists():
             shutil.rmtree(index_dir)
         t0 = time.perf_counter()
-        plain = evaluate_bench(args.bench, args.work / slug / "plain", model, index_dir)
+        plain = evaluate_bench(args.bench, output=args.work / slug / "plain", model=model, index_dir=index_dir)
         seconds = time.perf_counter() - t0
         rate = (n_refs + n_queries) / seconds
         runs = [("plain", plain)]
         if not args.no_post:
-            runs.append(("whiten + norm", evaluate_bench(args.bench, args.work / slug / "post", model, index_dir,
-                                                         post=PostOptions(background=str(bg)))))
+            runs.append(("whiten + norm", evaluate_bench(args.bench, output=args.work / slug / "post", model=model,
+                                                         index_dir=index_dir, post=PostOptions(background=str(bg)))))
         if args.rank1_by_first_edit:
             by_kind[model] = rank1_by_kind(args.bench, plain.predictions_path)
             print(json.dumps({"model": model, "rank1_by_kind": by_kind[model]}), flush=True)
