@@ -223,3 +223,18 @@ def test_lr_warms_up_then_holds_or_decays():
     assert lr_at(c, 0) == pytest.approx(0.01) and lr_at(c, 9) == pytest.approx(0.1) and lr_at(c, 500) == 0.1
     c.decay_steps = 110
     assert lr_at(c, 60) == pytest.approx(0.05) and lr_at(c, 110) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cli_bench_synth_hard(tmp_path):
+    from typer.testing import CliRunner
+
+    from copyscan.cli import app
+
+    src = tmp_path / "src"
+    for i in range(12):
+        make_photo(src / f"p{i:02d}.jpg", size=(64, 48), seed=40 + i)
+    r = CliRunner().invoke(app, ["bench", "synth", str(src), str(tmp_path / "b"), "--hard", "--references", "6",
+                                 "--copy-fraction", "1", "--distractors", "3", "-q"])
+    assert r.exit_code == 0, r.output
+    with open(tmp_path / "b" / "labels.csv", newline="") as fh:
+        assert {row["difficulty"] for row in csv.DictReader(fh)} == {"hard-framing"}
