@@ -238,7 +238,7 @@ class HardRun:
 
     # ------------------------------------------------------------------ state
     def _restore(self) -> None:
-        state = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         saved = state["config"]
         for f in fields(HardConfig):
             if f.name not in HardConfig.RESUMABLE_CHANGES and saved.get(f.name) != getattr(self.c, f.name):
