@@ -132,7 +132,7 @@ def query(
     folder: Path = DirArg,
     index_dir: Optional[Path] = IndexOpt,
     output: Path = typer.Option(Path("copyscan-query"), "--output", "-o", help="Folder for matches.csv and report.html."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Keep matches scoring at least this; -1 keeps every top-k match [default: 0.72, or the index's with post-processing].", show_default=False),
+    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Keep matches scoring at least this; -1 keeps every top-k match [default: 0.75, or the index's with post-processing].", show_default=False),
     top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", "-k", min=1, help="Matches per query at most."),
     model: Optional[str] = ModelOpt,
     batch_size: int = BatchOpt,
@@ -161,7 +161,7 @@ def query(
 def dedupe(
     folder: Path = DirArg,
     output: Path = typer.Option(Path("copyscan-dedupe"), "--output", "-o", help="Folder for groups.csv, groups.json and report.html."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Two images are copies when their score is at least this [default: 0.72, or the index's with post-processing].", show_default=False),
+    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Two images are copies when their score is at least this [default: 0.75, or the index's with post-processing].", show_default=False),
     index_dir: Optional[Path] = IndexOpt,
     model: Optional[str] = ModelOpt,
     batch_size: int = BatchOpt,
