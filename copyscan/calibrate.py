@@ -34,6 +34,7 @@ from .embed import embed_entries
 from .errors import UserError
 from .validate import check_sizes, check_threshold
 from .models import DEFAULT_MODEL, DescriptorModel, create_model
+from .score import DEFAULT_THRESHOLD
 
 DEFAULT_PRECISIONS = (0.99, 0.9)
 DEFAULT_SAMPLE = 100
@@ -64,7 +65,7 @@ class Calibration:
     seed: int
     edits: list[str]
     points: list[OperatingPoint]
-    at_threshold: OperatingPoint  # what a given threshold (the default 0.75) gives on this sample
+    at_threshold: OperatingPoint  # what a given threshold (the default, DEFAULT_THRESHOLD) gives on this sample
     per_edit_median: dict[str, float]
     skipped: int
     copy_scores: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.float32))
@@ -83,7 +84,7 @@ def calibrate(
     edits: list[str] | None = None,
     difficulty: str = "medium",
     precisions: tuple[float, ...] = DEFAULT_PRECISIONS,
-    threshold: float = 0.75,
+    threshold: float = DEFAULT_THRESHOLD,
     seed: int = 0,
     batch_size: int = 32,
     workers: int | None = None,

@@ -504,6 +504,7 @@ def bench_synth(
     seed: int = typer.Option(0, "--seed", help="The same seed and options give byte-identical files."),
     max_side: int = typer.Option(512, "--max-side", help="Longest side of the written images, in pixels."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a benchmark already in OUT \\[default: off].", show_default=False),
+    hard: bool = typer.Option(False, "--hard", help="Hard copies only: the photo small in a screenshot or chat, pasted into or under another photo, strong crops, rotations, pixelation, JPEG 5-20 (--edits and --difficulty do not apply) \\[default: off].", show_default=False),
     quiet: bool = QuietOpt,
 ) -> None:
     """Make a copy-detection benchmark: OUT/references/, OUT/queries/, gt.csv, labels.csv, bench.json.
@@ -512,13 +513,13 @@ def bench_synth(
 
     copyscan bench synth ./photos ./bench
 
-    copyscan bench synth ./photos ./bench-hard --difficulty hard --references 500 --seed 1
+    copyscan bench synth ./photos ./bench-hard --hard --references 500 --seed 1
     """
     from .synth import synthesize
 
     s = _run(
         synthesize, src, out_dir, references, copy_fraction, distractors, distractor_source, edits, difficulty.value,
-        seed, max_side, overwrite, not quiet,
+        seed, max_side, overwrite, not quiet, hard,
     )
     out.print(
         f"benchmark [bold]{_esc(s.out)}[/]: {s.references} references, {s.queries} queries "

@@ -32,6 +32,7 @@ from .version import __version__
 from .decode import DecodeError, file_hash, open_image, read_bytes
 from .discover import Skipped, discover
 from .edits import DIFFICULTIES, apply_edits, check_names, random_chain
+from .edits.hard import hard_copy
 from .errors import UserError
 
 FORMAT = "copyscan-bench/1"
@@ -39,6 +40,7 @@ DEFAULT_REFERENCES = 1000
 DEFAULT_MAX_SIDE = 512
 JPEG_QUALITY = 95  # of the saved files: the edits' own JPEG step is what degrades a copy
 MIXED = "mixed"  # each query draws its difficulty from easy, medium and hard
+HARD = "hard-framing"  # `--hard`: every query one of copyscan.edits.hard's hard copies
 
 
 class SynthError(UserError):
@@ -81,6 +83,7 @@ def synthesize(
     max_side: int = DEFAULT_MAX_SIDE,
     overwrite: bool = False,
     progress: bool = False,
+    hard: bool = False,
 ) -> SynthSummary:
     """Build a benchmark from the photos under `src` into `out` (see the module's doc).
 
@@ -89,6 +92,10 @@ def synthesize(
     queries. `distractors`: edited non-copies among the queries (default: as many as copies),
     from `distractor_source` or else held out of SRC. `edits`: the edit names to draw from
     (default all, see copyscan.edits). `difficulty`: easy, medium, hard, or mixed.
+    `hard`: every query is instead a hard copy (`copyscan.edits.hard.hard_copy`: the photo small
+    in a phone, browser or chat screenshot, pasted into or under another photo, a strong crop,
+    a rotation to 35 degrees, perspective, pixelation or JPEG 5-20, plus up to two milder edits);
+    `edits` and `difficulty` then do not apply.
     """
     start = time.perf_counter()
     mix = _check_options(references, copy_fraction, distractors, edits, difficulty, max_side)
@@ -113,6 +120,8 @@ def synthesize(
     copy_slots = set(rng.sample(range(n_refs), n_copies))
     query_seeds = [rng.getrandbits(32) for _ in range(n_copies + n_distractors)]  # drawn now: independent of skips
     difficulties = [difficulty if difficulty != MIXED else rng.choice(sorted(DIFFICULTIES)) for _ in query_seeds]
+    if hard:
+        difficulties = [HARD for _ in query_seeds]
 
     summary = SynthSummary(str(out_dir), 0, 0, 0, skipped)
     work = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
@@ -136,7 +145,8 @@ def synthesize(
         summary.distractors = len(rows) - summary.copies
         _write_tables(work, rows)
         _note_shortfall(summary, n_refs, n_copies, n_distractors)
-        _write_manifest(work, summary, src_root, other_root, seed, references, copy_fraction, distractors, edits, mix, difficulty, max_side)
+        _write_manifest(work, summary, src_root, other_root, seed, references, copy_fraction, distractors, edits, mix,
+                        HARD if hard else difficulty, max_side)
         _replace(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -284,6 +294,18 @@ def _pick_distractors(pool, n, max_side, reference_hashes, summary) -> tuple[lis
     return picked, pool[pos:]
 
 
+def _background_photo(backgrounds: list[str], rng: random.Random, max_side: int) -> Image.Image | None:
+    """A photo for a hard copy's paste framings (None: no usable background, so no paste)."""
+    for _ in range(3):
+        if not backgrounds:
+            return None
+        try:
+            return _load(backgrounds[rng.randrange(len(backgrounds))], max_side)
+        except DecodeError:
+            continue
+    return None
+
+
 def _write_queries(queries: list[_Query], work: Path, max_side: int, mix, backgrounds: list[str], bar) -> list[tuple]:
     width = max(5, len(str(len(queries) - 1)))
     rows = []
@@ -294,8 +316,11 @@ def _write_queries(queries: list[_Query], work: Path, max_side: int, mix, backgr
         except DecodeError as exc:  # it was read a moment ago: changed under us
             raise SynthError(f"{q.source} became unreadable during the run: {exc}") from None
         rng = random.Random(q.seed)
-        names = random_chain(rng, mix=mix, difficulty=q.difficulty)
-        edited, labels = apply_edits(img, names, rng, DIFFICULTIES[q.difficulty].strength, backgrounds=backgrounds or None)
+        if q.difficulty == HARD:
+            edited, labels = hard_copy(img, rng, _background_photo(backgrounds, rng, max_side))
+        else:
+            names = random_chain(rng, mix=mix, difficulty=q.difficulty)
+            edited, labels = apply_edits(img, names, rng, DIFFICULTIES[q.difficulty].strength, backgrounds=backgrounds or None)
         if max(edited.size) > max_side:
             edited.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=3.0)
         _save(edited, work / "queries" / query_id)

@@ -431,7 +431,7 @@ def test_copyscan_models_ship_in_the_package():
         path = Path(models.WEIGHTS_DIR) / f"{name}.safetensors"
         assert path.stat().st_size < 8e6
         config = read_config(path)
-        assert config["embed_dim"] == dim and config["folded_background"]["images"] == 5000
+        assert config["embed_dim"] == dim and config["folded_background"]["images"] >= 1000
     model = create_model("copyscan_lite0_64", "cpu", runtime="torch")
     rng = np.random.default_rng(1)
     d = model.embed(rng.integers(0, 256, (2, 160, 160, 3), dtype=np.uint8))

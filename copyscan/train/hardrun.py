@@ -1,0 +1,370 @@
+"""Fine-tuning a student on hard copies with a teacher that saw only the original photos.
+
+Why this recipe (see training/runs/hard_lite0_128/README.md for the measurements):
+the default missed photos shown small inside something else (screenshots, pastes), which
+`copyscan train`'s SSCD-style views never make, and a teacher pass per view is what limited the
+CPU run to one cached view per photo. Here the teacher (SSCD int8) embeds each plain ORIGINAL
+once (`teacher_orig.npy`); every step the student sees a fresh hard view of it
+(`copyscan.edits.hard.HardAugment`) and
+
+* L_rel (RDCD's relational distillation, T 0.04): softmax over the similarities of the
+  teacher's ORIGINAL to a bank of other originals (teacher side) must match the softmax over
+  the similarities of the student's HARD VIEW to the momentum encoder's embeddings of those
+  originals' key views (student side): the hard copy must sit among the references where the
+  teacher puts the original. It keeps the teacher's relational structure, which the failed
+  instance-classification attempt destroyed.
+* L_align (weight 1): 1 - cos(hard view, the momentum encoder's key of the same photo, mostly
+  the plain photo as `index` sees it): invariance to the framing, with no negatives;
+* L_con (MoCo v2, T 0.07, weight 0.3) and L_hn (RDCD's -log(1 - nearest negative), off by
+  default): measured here, RDCD's weights (con 1, hn 5) at lr 0.01 made the held-out scores
+  FALL within 50 steps (hard micro AP 0.404 -> 0.296, plain 0.677 -> 0.639): with 4,500 photos of
+  10 classes, MoCo's negatives are an instance classification of near neighbours, the failure
+  the issue had seen with a teacher-space classifier. A trained start needs no anti-collapse
+  push, so the negatives are kept light.
+
+Everything needed to continue is in RUN/state.pt (student, momentum encoder, queue, banks,
+optimizer, step, best score); the data of step s is a function of (seed, s) alone. Every
+`eval_every` steps the held-out set (heldout.py) is scored; RUN/best.safetensors is the best
+checkpoint by the mean of hard and plain micro AP, RUN/model.safetensors the latest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..decode import decode_file
+from ..edits import TrainAugment
+from ..edits.hard import HardAugment
+from ..models.base import ModelUnavailable
+from ..models.checkpoint import load_checkpoint, read_config, save_checkpoint
+from . import heldout as heldout_mod
+from .data import SampleOrder, list_images, open_substituted, view_seed
+from .losses import EmbeddingQueue, hard_negative, moco_contrast, relational_kl
+from .loop import step_seed
+from .student import momentum_twin, momentum_update
+
+QUERY, KEY, OTHER = 0, 1, 2
+
+
+@dataclass
+class HardConfig:
+    data_dir: str
+    output: str
+    start: str  # a copyscan checkpoint (.safetensors) to fine-tune
+    teacher: str = "sscd_r50_int8"
+    teacher_size: int = 160  # the teacher embeds the plain originals at this size
+    image_size: int = 160
+    batch_size: int = 32
+    lr: float = 0.003
+    warmup_steps: int = 20
+    decay_steps: int = 0  # 0: constant lr after warm-up; else cosine to 0 at this step
+    steps: int = 1_000_000
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    momentum_encoder: float = 0.99
+    queue_size: int = 4096
+    bank_size: int = 4096
+    t_rel: float = 0.04
+    t_con: float = 0.07
+    w_rel: float = 1.0
+    w_con: float = 0.3
+    w_hn: float = 0.0
+    w_align: float = 1.0  # 1 - cos(hard view, its key): invariance without negatives
+    rel_space: str = "embedding"  # "embedding" (the shipped descriptor) or "feature" (GeM output)
+    p_plain_key: float = 0.5  # the key view is the plain photo this often, else a mild SSCD view
+    framings: dict = field(default_factory=lambda: {"plain": 0.4, "paste_into": 0.2, "paste_over": 0.1,
+                                                     "screenshot": 0.2, "chat": 0.1})
+    freeze_bn: bool = True  # batch-norm statistics stay the start's (index runs in eval mode)
+    frozen_blocks: int = 2  # stem + this many first stages get no gradient (faster backward)
+    holdout_every: int = 10
+    eval_every: int = 200
+    checkpoint_every: int = 50
+    log_every: int = 10
+    workers: int = 1
+    threads: int = 0  # torch threads; 0: torch's default
+    seed: int = 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    # Settings that may change when a run is resumed (how long, how often, how fast).
+    RESUMABLE_CHANGES = ("steps", "eval_every", "checkpoint_every", "log_every", "workers", "threads", "output",
+                         "decay_steps", "lr")
+
+
+def lr_at(c: HardConfig, step: int) -> float:
+    if step < c.warmup_steps:
+        return c.lr * (step + 1) / c.warmup_steps
+    if c.decay_steps and c.decay_steps > c.warmup_steps:
+        progress = min(1.0, (step - c.warmup_steps) / (c.decay_steps - c.warmup_steps))
+        return c.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return c.lr
+
+
+class HardViews(torch.utils.data.Dataset):
+    """Position -> (hard query view, key view, training-image index), uint8 HWC."""
+
+    def __init__(self, root: str, paths: list[str], order: SampleOrder, c: HardConfig):
+        self.root, self.paths, self.order, self.c = root, paths, order, c
+        self.hard = HardAugment(c.image_size, framing_weights=c.framings)
+        self.mild = TrainAugment(c.image_size, scale=(0.4, 1.0), p_text=0.0, p_emoji=0.0, p_jpeg=0.1, p_rotate90=0.0,
+                                 p_vflip=0.0)
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+    def __getitem__(self, position: int):
+        step, j = divmod(position, self.c.batch_size)
+        s = self.order.sample(step, j)
+        image, img = open_substituted(self.root, self.paths, s.image, self.c.image_size)
+        qseed = view_seed(self.c.seed, image, s.epoch, QUERY)
+        other = None
+        if self.hard.framing(qseed).startswith("paste"):
+            pick = view_seed(self.c.seed, image, s.epoch, OTHER) % (len(self.paths) - 1)
+            other = open_substituted(self.root, self.paths, pick + (pick >= image), self.c.image_size)[1]
+        query = self.hard.view(img, qseed, other)
+        kseed = view_seed(self.c.seed, image, s.epoch, KEY)
+        if (kseed % 1000) / 1000 < self.c.p_plain_key:
+            key = img.resize((self.c.image_size,) * 2, resample=2, reducing_gap=3.0)  # as `index` squashes
+        else:
+            key = self.mild.view(img, kseed)
+        return np.asarray(query, np.uint8), np.asarray(key.convert("RGB"), np.uint8), image
+
+
+def _collate(items):
+    return (torch.from_numpy(np.stack([q for q, _, _ in items])), torch.from_numpy(np.stack([k for _, k, _ in items])),
+            torch.tensor([i for _, _, i in items], dtype=torch.long))
+
+
+class _Batches(torch.utils.data.Sampler):
+    def __init__(self, start: int, stop: int, batch: int):
+        self.start, self.stop, self.batch = start, stop, batch
+
+    def __len__(self):
+        return max(0, self.stop - self.start)
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            yield list(range(step * self.batch, (step + 1) * self.batch))
+
+
+def teacher_originals(root: str, paths: list[str], teacher: str, size: int, out: str, batch: int = 32) -> np.ndarray:
+    """The teacher's L2-normalised embeddings of the plain photos, squashed to `size` (cached in `out`)."""
+    if os.path.exists(out):
+        table = np.load(out)
+        if table.shape[0] == len(paths):
+            return table
+    from ..models import create_model
+
+    model = create_model(teacher, "cpu")
+    rows = []
+    for i in range(0, len(paths), batch):
+        pixels = np.stack([decode_file(os.path.join(root, p), size).pixels for p in paths[i:i + batch]])
+        rows.append(np.asarray(model.embed(pixels), np.float32))
+    table = np.concatenate(rows)
+    table /= np.linalg.norm(table, axis=1, keepdims=True)
+    np.save(out + ".tmp.npy", table)
+    os.replace(out + ".tmp.npy", out)
+    return table
+
+
+def _freeze(net: nn.Module, c: HardConfig) -> None:
+    trunk = net.backbone
+    frozen = [getattr(trunk, n) for n in ("conv_stem", "bn1") if hasattr(trunk, n)]
+    frozen += list(trunk.blocks[: c.frozen_blocks]) if hasattr(trunk, "blocks") else []
+    for m in frozen:
+        for p in m.parameters():
+            p.requires_grad_(False)
+
+
+def _bn_eval(net: nn.Module) -> None:
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+class HardRun:
+    def __init__(self, c: HardConfig, resume: bool = False):
+        self.c = c
+        os.makedirs(c.output, exist_ok=True)
+        if c.threads:
+            torch.set_num_threads(c.threads)
+        all_paths = list_images(c.data_dir)
+        self.paths, self.held = heldout_mod.split(all_paths, c.holdout_every)
+        self.state_path = os.path.join(c.output, "state.pt")
+        if resume and not os.path.exists(self.state_path):
+            raise ModelUnavailable(f"nothing to resume in {c.output} (no state.pt)")
+        if not resume and os.path.exists(self.state_path):
+            raise ModelUnavailable(f"{c.output} holds a run already: add --resume to continue it, or choose another --output")
+        self.teacher = torch.from_numpy(teacher_originals(
+            c.data_dir, self.paths, c.teacher, c.teacher_size, os.path.join(c.output, "teacher_orig.npy")))
+        held_path = os.path.join(c.output, "heldout.npz")
+        if self.held and not os.path.exists(held_path):
+            heldout_mod.build(c.data_dir, self.held, c.image_size, c.seed).save(held_path)
+        self.heldout = heldout_mod.HeldOut.load(held_path) if self.held else None
+
+        self.config = read_config(c.start)
+        self.net = load_checkpoint(c.start, "cpu").net.float()
+        if self.net.projector is None:
+            raise ModelUnavailable(f"{c.start} has no projector: start from a trained copyscan checkpoint")
+        if int(self.config["input_size"]) != c.image_size:
+            self.config["input_size"] = c.image_size
+        self.mean, self.std = self.config["mean"], self.config["std"]
+        _freeze(self.net, c)
+        self.twin = momentum_twin(self.net)
+        dim = self.net.out_dim
+        bank_dim = dim if c.rel_space == "embedding" else self.net.feature_dim
+        self.queue = EmbeddingQueue(min(c.queue_size, len(self.paths) - c.batch_size), dim, torch.device("cpu"))
+        self.t_bank = EmbeddingQueue(c.bank_size, self.teacher.shape[1], torch.device("cpu"))
+        self.s_bank = EmbeddingQueue(c.bank_size, bank_dim, torch.device("cpu"))
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        self.order = SampleOrder(len(self.paths), c.batch_size, c.seed)
+        self.step, self.best, self.best_step = 0, -1.0, -1
+        if resume:
+            self._restore()
+        m = torch.tensor(self.mean).view(1, 3, 1, 1) * 255.0
+        s = torch.tensor(self.std).view(1, 3, 1, 1) * 255.0
+        self.normalise = lambda x: (x.permute(0, 3, 1, 2).float() - m) / s
+
+    # ------------------------------------------------------------------ state
+    def _restore(self) -> None:
+        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        saved = state["config"]
+        for f in fields(HardConfig):
+            if f.name not in HardConfig.RESUMABLE_CHANGES and saved.get(f.name) != getattr(self.c, f.name):
+                raise ModelUnavailable(f"cannot resume: --{f.name.replace('_', '-')} was {saved.get(f.name)!r} in the saved run, "
+                                       f"{getattr(self.c, f.name)!r} now")
+        self.net.load_state_dict(state["student"])
+        self.twin.load_state_dict(state["momentum"])
+        self.queue.load_state_dict(state["queue"])
+        self.t_bank.load_state_dict(state["teacher_bank"])
+        self.s_bank.load_state_dict(state["student_bank"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.best, self.best_step = int(state["step"]), float(state["best"]), int(state["best_step"])
+
+    def save_state(self) -> None:
+        state = {"config": self.c.to_json(), "step": self.step, "best": self.best, "best_step": self.best_step,
+                 "student": self.net.state_dict(), "momentum": self.twin.state_dict(), "queue": self.queue.state_dict(),
+                 "teacher_bank": self.t_bank.state_dict(), "student_bank": self.s_bank.state_dict(),
+                 "optimizer": self.optimizer.state_dict()}
+        tmp = self.state_path + ".tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.state_path)
+
+    def export(self, name: str) -> str:
+        config = dict(self.config, training={"recipe": "hard-views RDCD (copyscan.train.hardrun)", "step": self.step,
+                                             "start": os.path.basename(self.c.start), "teacher": self.c.teacher,
+                                             "data": os.path.basename(os.path.abspath(self.c.data_dir))})
+        path = os.path.join(self.c.output, name)
+        save_checkpoint(self.net, config, path)
+        return path
+
+    def _log(self, name: str, record: dict) -> None:
+        with open(os.path.join(self.c.output, name), "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ eval
+    def evaluate(self) -> dict:
+        if self.heldout is None:
+            return {}
+        t = time.perf_counter()
+        result = heldout_mod.evaluate_net(self.net, self.heldout, self.mean, self.std)
+        result.update(step=self.step, seconds=round(time.perf_counter() - t, 1))
+        if result["score"] > self.best:
+            self.best, self.best_step = result["score"], self.step
+            self.export("best.safetensors")
+        result["best"], result["best_step"] = self.best, self.best_step
+        self._log("eval.jsonl", result)
+        return result
+
+    # ------------------------------------------------------------------ loop
+    def step_once(self, query: torch.Tensor, key: torch.Tensor, images: torch.Tensor) -> dict:
+        c = self.c
+        torch.manual_seed(step_seed(c.seed, self.step, 0))
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr_at(c, self.step)
+        self.net.train()
+        if c.freeze_bn:
+            _bn_eval(self.net)
+        xq, xk = self.normalise(query), self.normalise(key)
+        f = self.net.features(xq)
+        z = F.normalize(self.net.projector(f), dim=1)
+        with torch.no_grad():
+            momentum_update(self.twin, self.net, c.momentum_encoder)
+            self.twin.train()
+            if c.freeze_bn:
+                _bn_eval(self.twin)
+            fk = self.twin.features(xk)
+            zk = F.normalize(self.twin.projector(fk), dim=1)
+        own = self.queue.push(zk)
+        negatives = self.queue.scores(z, own)
+        raw = {}
+        if c.w_con:
+            raw["con"] = moco_contrast(z, zk, negatives, c.t_con)
+        if c.w_hn:
+            raw["hn"] = hard_negative(negatives)
+        if c.w_align:
+            raw["align"] = (1.0 - (z * zk).sum(dim=1)).mean()
+        if c.w_rel:
+            t = self.teacher[images]
+            own_b = self.t_bank.push(t)
+            if c.rel_space == "embedding":
+                self.s_bank.push(zk)
+                student = self.s_bank.scores(z, own_b)
+            else:
+                self.s_bank.push(F.normalize(fk, dim=1))
+                student = self.s_bank.scores(F.normalize(f, dim=1), own_b)
+            raw["rel"] = relational_kl(self.t_bank.scores(t, own_b), student, c.t_rel)
+        weights = {"con": c.w_con, "hn": c.w_hn, "rel": c.w_rel, "align": c.w_align}
+        total = sum(weights[k] * v for k, v in raw.items())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.step += 1
+        out = {k: float(v.detach()) for k, v in raw.items()}
+        out["loss"] = float(total.detach())
+        # Positive vs nearest negative cosine: how well the hard view finds its photo.
+        out["pos"] = float((z.detach() * zk).sum(1).mean())
+        return out
+
+    def run(self, stop_after: int | None = None) -> dict:
+        c = self.c
+        with open(os.path.join(c.output, "hard_config.json"), "w") as fh:
+            json.dump(c.to_json(), fh, indent=2)
+        if self.step == 0 and self.heldout is not None and not os.path.exists(os.path.join(c.output, "eval.jsonl")):
+            self.evaluate()  # the start's own score: the bar every later checkpoint must clear
+        stop = min(c.steps, stop_after) if stop_after is not None else c.steps
+        loader = torch.utils.data.DataLoader(
+            HardViews(c.data_dir, self.paths, self.order, c), batch_sampler=_Batches(self.step, stop, c.batch_size),
+            num_workers=c.workers, collate_fn=_collate, prefetch_factor=4 if c.workers else None)
+        began, start_step, last = time.perf_counter(), self.step, {}
+        try:
+            for query, key, images in loader:
+                values = self.step_once(query, key, images)
+                if self.step % c.log_every == 0:
+                    elapsed = time.perf_counter() - began
+                    last = {"step": self.step, "lr": lr_at(c, self.step - 1), **{k: round(v, 4) for k, v in values.items()},
+                            "images_per_s": round((self.step - start_step) * c.batch_size / elapsed, 2),
+                            "elapsed_s": round(elapsed, 1)}
+                    self._log("metrics.jsonl", last)
+                if self.step % c.eval_every == 0:
+                    self.evaluate()
+                    self.export("model.safetensors")
+                if self.step % c.checkpoint_every == 0:
+                    self.save_state()
+        except KeyboardInterrupt:
+            self.save_state()
+            raise
+        self.save_state()
+        self.export("model.safetensors")
+        return last
