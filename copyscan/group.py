@@ -15,7 +15,7 @@ The rule, which stops unrelated images merging through a chain of pairs (A~B, B~
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -147,7 +147,18 @@ def build_groups(items: list[Item], pairs: Pairs | Iterable[tuple[int, int, floa
     """
     labels = exact_cluster_labels(items)
     n_clusters = int(labels.max()) + 1 if len(labels) else 0
-    links = _cluster_links(Pairs.of(pairs), labels, threshold, n_clusters)
+    links = cluster_links(Pairs.of(pairs), labels, threshold, n_clusters)
+    return groups_from_links(items, labels, links)
+
+
+def groups_from_links(items: Sequence[Item], labels: np.ndarray, links: Pairs) -> list[Group]:
+    """Groups from exact-copy cluster labels and the best score between linked clusters.
+
+    The second half of build_groups, for callers that compute the links another way (streamed
+    from pair files: copyscan.group_stream). `items` may be any sequence: only the items of
+    clusters in some group are read.
+    """
+    n_clusters = int(labels.max()) + 1 if len(labels) else 0
     members = _members_of_involved_clusters(items, labels, links, n_clusters)
     # Adjacency of clusters in CSR form: the neighbours of c are dst[ptr[c]:ptr[c + 1]].
     src = np.concatenate([links.first, links.second])
@@ -182,7 +193,7 @@ def build_groups(items: list[Item], pairs: Pairs | Iterable[tuple[int, int, floa
     return groups
 
 
-def _cluster_links(pairs: Pairs, labels: np.ndarray, threshold: float, n_clusters: int) -> Pairs:
+def cluster_links(pairs: Pairs, labels: np.ndarray, threshold: float, n_clusters: int) -> Pairs:
     """Best score between two different clusters over all their member pairs at the threshold."""
     ok = pairs.score >= threshold
     a, b = labels[pairs.first[ok]], labels[pairs.second[ok]]
@@ -191,7 +202,7 @@ def _cluster_links(pairs: Pairs, labels: np.ndarray, threshold: float, n_cluster
     return Pairs(np.minimum(a, b), np.maximum(a, b), score).best_per_pair(n_clusters)
 
 
-def _members_of_involved_clusters(items: list[Item], labels: np.ndarray, links: Pairs, n_clusters: int) -> dict[int, list[int]]:
+def _members_of_involved_clusters(items: Sequence[Item], labels: np.ndarray, links: Pairs, n_clusters: int) -> dict[int, list[int]]:
     """Cluster -> its items, best first, for the clusters that can be in a group.
 
     A cluster of one image with no link can never be in a group: leaving it out keeps the
@@ -210,7 +221,7 @@ def _members_of_involved_clusters(items: list[Item], labels: np.ndarray, links: 
     return members
 
 
-def _make_group(items: list[Item], clusters: Mapping[int, list[int]], ci: int, takes: list[tuple[int, float]]) -> Group:
+def _make_group(items: Sequence[Item], clusters: Mapping[int, list[int]], ci: int, takes: list[tuple[int, float]]) -> Group:
     keep_i = clusters[ci][0]
     keep = items[keep_i]
     members = [Member(keep.path, "keep", 1.0, keep.width, keep.height, keep.bytes, "keep")]
@@ -223,7 +234,7 @@ def _make_group(items: list[Item], clusters: Mapping[int, list[int]], ci: int, t
     return Group(0, members, keep_reason(keep, others))
 
 
-def _exact_member(items: list[Item], twin: int, j: int, score: float) -> Member:
+def _exact_member(items: Sequence[Item], twin: int, j: int, score: float) -> Member:
     same_bytes = items[twin].content_hash == items[j].content_hash
     return _member(items[j], score, MATCH_IDENTICAL_FILE if same_bytes else MATCH_IDENTICAL_PIXELS)
 
