@@ -79,10 +79,10 @@ def main() -> None:
         if index_dir.exists():
             shutil.rmtree(index_dir)
         t0 = time.perf_counter()
-        plain = evaluate_bench(args.bench, args.work / slug / "plain", model, index_dir)
+        plain = evaluate_bench(args.bench, output=args.work / slug / "plain", model=model, index_dir=index_dir)
         seconds = time.perf_counter() - t0
         rate = (n_refs + n_queries) / seconds
-        post = evaluate_bench(args.bench, args.work / slug / "post", model, index_dir,
+        post = evaluate_bench(args.bench, output=args.work / slug / "post", model=model, index_dir=index_dir,
                               post=PostOptions(background=str(bg)))
         for label, ev in (("plain", plain), ("whiten + norm", post)):
             m = ev.metrics

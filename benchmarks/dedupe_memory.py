@@ -10,7 +10,7 @@ Each case (N:dim) runs in a fresh Python process, so every figure starts from an
    (cosine about 0.86-0.98 to their original, 1 to 5 copies per original) and a few are
    byte-identical files (same vector, same content hash);
 2. one `Item` per image, as `copyscan.dedupe` builds from the index;
-3. `copyscan.api.find_pairs` (FAISS index chosen by `ann.choose_index`) and
+3. `copyscan.search.find_pairs` (FAISS index chosen by `ann.choose_index`) and
    `copyscan.group.build_groups` at the threshold.
 
 From N = 500k (`--large`) only a random 5% of the rows are searched by default
@@ -21,8 +21,8 @@ takes about 50 min at 128-d on two cores. `--large-query-sample 1` runs it all.
 
 Each child reports its own peak resident memory (`getrusage(RUSAGE_SELF).ru_maxrss`, the
 kernel's high-water mark for that process) after each stage; the parent prints a table. The
-"imports" stage is numpy, FAISS, pyarrow and torch (which `copyscan.api` loads for embedding):
-the cost of the process before any descriptor exists.
+"imports" stage is numpy, FAISS and pyarrow (and torch, in the BENCHMARKS.md figures: measured
+before issue 14, when `copyscan.api` imported it): the cost of the process before any descriptor.
 Recall is the share of planted near-duplicate pairs found by the search (below 1 only where
 the index is approximate).
 """
@@ -98,7 +98,7 @@ def run_case(n: int, dim: int, dup_fraction: float, threshold: float, seed: int,
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from copyscan import ann
-    from copyscan.api import find_pairs
+    from copyscan.search import find_pairs
     from copyscan.group import Item, build_groups
 
     rss = {"imports": peak_rss_mb()}

@@ -135,7 +135,7 @@ def main() -> None:
         truth = build(args.src, work, args.copies, args.edits_per_photo, args.seed)
         t0 = time.perf_counter()
         result = copyscan.dedupe(work, output=Path(tmp) / "out", threshold=args.threshold, index_dir=Path(tmp) / "idx",
-                                 model=args.model, workers=args.workers, report=False)
+                                 model=args.model, extraction=copyscan.Extraction(workers=args.workers), report=False)
         wall = time.perf_counter() - t0
         s = score(truth, result.groups)
     n_copies = sum(s["per_edit_n"].values())

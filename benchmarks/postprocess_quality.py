@@ -29,6 +29,7 @@ from copyscan import ann, api  # noqa: E402
 from copyscan.discover import discover  # noqa: E402
 from copyscan.metrics import Predictions, evaluate, load_ground_truth  # noqa: E402
 from copyscan.postprocess import PostProcess, fit  # noqa: E402
+from copyscan.score import queries_of, references_of  # noqa: E402
 from copyscan.store import IndexStore, descriptors_of, paths_of  # noqa: E402
 
 TOP_K = 10
@@ -37,7 +38,7 @@ TOP_K = 10
 def embed_folder(folder: Path, work: Path, name: str, model: str) -> tuple[list[str], np.ndarray]:
     """(ids relative to `folder`, raw descriptors), embedded once into WORK/name."""
     idx = work / name
-    api.index_folder(folder, idx, model, progress=False)
+    api.index_folder(folder, index_dir=idx, model=model)
     table = IndexStore(idx).read_table(["descriptor"], root=str(folder.absolute()))
     ids = [Path(os.path.relpath(p, folder.absolute())).as_posix() for p in paths_of(table)]
     return ids, descriptors_of(table)
@@ -58,15 +59,14 @@ def link_background(source: Path, count: int, work: Path) -> Path:
 
 
 def score(post: PostProcess, q_ids, q_vec, r_ids, r_vec, gt) -> dict:
-    refs = post.transform(r_vec)
-    queries = post.transform(q_vec)
+    # The score rule of `copyscan query` (score.py): FAISS returns the final scores.
+    refs = references_of(post, r_vec)
     index = ann.build_index(refs)
-    sims, ids = ann.search(index, queries, TOP_K)
-    sims = sims - post.bias(queries)[:, None]
+    sims, ids = ann.search(index, queries_of(post, q_vec), TOP_K)
     rows = [(q_ids[i], r_ids[j], float(s)) for i in range(len(q_ids)) for s, j in zip(sims[i], ids[i]) if j >= 0]
     m = evaluate(gt, Predictions.from_rows(rows), unknown_queries="error")
     return {"micro_ap": m.micro_ap, "recall_at_p90": m.recall_at_p90, "threshold_at_p90": m.threshold_at_p90,
-            "acc_at_1": m.acc_at_1, "dim": int(refs.shape[1])}
+            "acc_at_1": m.acc_at_1, "dim": post.out_dim(r_vec.shape[1])}
 
 
 def main() -> None:

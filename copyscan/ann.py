@@ -1,4 +1,4 @@
-"""Stage 5: the FAISS index, its type chosen by size, and neighbour search with a score floor.
+"""Stage 5 (index): the FAISS index, its type chosen by size, and neighbour search with a score floor.
 
 The rule (in the spirit of autofaiss, which picks by memory and latency budget):
 
@@ -11,7 +11,9 @@ The rule (in the spirit of autofaiss, which picks by memory and latency budget):
   small loss of recall; the scores it returns are still exact inner products, so a threshold means
   the same as with `Flat`.
 
-Scores are cosine similarities: every descriptor is L2-normalised before it is stored.
+FAISS returns the final score: the vectors it holds and the queries it gets are in the score
+rule's form (score.py), so `search_above_flat`'s floor is the one place a threshold is applied.
+This module knows FAISS, not the index folder: store.py saves and loads the file.
 """
 
 from __future__ import annotations
@@ -73,13 +75,10 @@ def save_index(index: faiss.Index, path: str) -> None:
     faiss.write_index(index, path)
 
 
-def load_index(path: str) -> faiss.Index:
+def load_index(path: str, nprobe: int = 0) -> faiss.Index:
+    """A saved index; an IVF one searches `nprobe` lists (as chosen when it was built)."""
     index = faiss.read_index(path)
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return index
-    set_nprobe(index, max(16, ivf.nlist // 16))
+    set_nprobe(index, nprobe)
     return index
 
 

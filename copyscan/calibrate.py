@@ -199,11 +199,6 @@ def _point_at(pos, neg, edit_of, threshold: float, target: float | None) -> Oper
     )
 
 
-def expected_false_pairs(rate: float | None, images: int) -> float | None:
-    """Non-copy pairs expected above the threshold in a folder of `images` unrelated photos."""
-    return None if rate is None else rate * images * (images - 1) / 2
-
-
 # ---- outputs -----------------------------------------------------------------------------------
 
 def write_outputs(cal: Calibration, out_dir: str | os.PathLike) -> dict[str, str]:

@@ -72,7 +72,6 @@ def histogram_svg(copy_scores: np.ndarray, non_copy_scores: np.ndarray, lines: l
 
 
 def render(cal) -> str:
-    from .calibrate import expected_false_pairs
 
     lines = [(f"P{p.target_precision:g}", p.threshold) for p in cal.points if p.threshold is not None]
     lines.append(("given", cal.at_threshold.threshold))
@@ -114,3 +113,8 @@ def render(cal) -> str:
         f"<h2>Recall per edit</h2><table><tr><th>edit</th><th>median score</th>{head}</tr>{''.join(edit_rows)}</table>"
         "</body></html>"
     )
+
+
+def expected_false_pairs(rate: float | None, images: int) -> float | None:
+    """Non-copy pairs expected above the threshold in a folder of `images` unrelated photos."""
+    return None if rate is None else rate * images * (images - 1) / 2

@@ -1,7 +1,11 @@
 """The `copyscan` command: a thin Typer layer over copyscan.api.
 
 Every error a user can cause (a missing folder, an unknown model, an index of another model, a
-second writer) ends in one clear line on stderr and a non-zero exit, never a traceback.
+second writer) is a `UserError` and ends in one clear line on stderr and exit 1, never a traceback.
+
+Start-up is kept fast: this module imports only Typer, Rich's console and torch-free constants;
+each command imports what it uses when it runs (tests/test_imports.py checks that no torch,
+numpy or Arrow is imported with it).
 """
 
 from __future__ import annotations
@@ -13,17 +17,21 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from . import __version__, api
-from .discover import Skipped, display_path
-from .edits import EDITS as EDIT_NAMES
-from .models import DEFAULT_MODEL, ModelUnavailable, list_models
-from .errors import UserError
+from .discover import display_path
+from .errors import Interrupted, UserError
+from .models import DEFAULT_MODEL
+from .score import DEFAULT_THRESHOLD, DEFAULT_TOP_K
 from .speed import STAGES as SPEED_STAGES
-from .store import IndexError_
+from .version import __version__
+
+if TYPE_CHECKING:
+    from .discover import Skipped
+    from .results import IndexSummary
 
 app = typer.Typer(
     add_completion=False,
@@ -44,13 +52,13 @@ class Device(str, Enum):
 def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
-    except api.Interrupted as exc:
+    except Interrupted as exc:
         err.print(f"[yellow]{exc}[/]")
         raise typer.Exit(130)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted: run the same command again to resume (finished work is kept)[/]")
         raise typer.Exit(130)
-    except (ModelUnavailable, IndexError_, UserError, FileNotFoundError, NotADirectoryError) as exc:
+    except UserError as exc:
         err.print(f"[red]error:[/] {_plain(exc)}")
         raise typer.Exit(1)
     except Exception as exc:
@@ -90,6 +98,12 @@ def _post(background, whiten, score_norm, whiten_dim, beta):
     return PostOptions(background, whiten, score_norm, whiten_dim, beta)
 
 
+def _extraction(batch_size: int, workers: Optional[int], device: Device, quiet: bool):
+    from .extraction import Extraction
+
+    return Extraction(batch_size=batch_size, workers=workers, device=device.value, progress=not quiet)
+
+
 @app.command()
 def index(
     folder: Path = DirArg,
@@ -106,8 +120,10 @@ def index(
     beta: Optional[float] = BetaOpt,
 ) -> None:
     """Embed the images of FOLDER into an index (only new or changed files; removed ones are dropped)."""
-    s = _run(api.index_folder, folder, index_dir, model or DEFAULT_MODEL, batch_size, workers, device.value, not quiet,
-             post=_post(background, whiten, score_norm, whiten_dim, beta))
+    from .api import index_folder
+
+    s = _run(index_folder, folder, index_dir=index_dir, model=model or DEFAULT_MODEL,
+             extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta))
     _print_index_summary(s)
 
 
@@ -117,7 +133,7 @@ def query(
     index_dir: Optional[Path] = IndexOpt,
     output: Path = typer.Option(Path("copyscan-query"), "--output", "-o", help="Folder for matches.csv and report.html."),
     threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Keep matches scoring at least this; -1 keeps every top-k match [default: 0.75, or the index's with post-processing].", show_default=False),
-    top_k: int = typer.Option(api.DEFAULT_TOP_K, "--top-k", "-k", min=1, help="Matches per query at most."),
+    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", "-k", min=1, help="Matches per query at most."),
     model: Optional[str] = ModelOpt,
     batch_size: int = BatchOpt,
     workers: Optional[int] = WorkersOpt,
@@ -130,8 +146,10 @@ def query(
     beta: Optional[float] = BetaOpt,
 ) -> None:
     """Match every image of FOLDER against the index; writes OUTPUT/matches.csv and OUTPUT/report.html."""
-    s = _run(api.query_folder, folder, index_dir, output, threshold, top_k, model, batch_size, workers, device.value, not quiet,
-             post=_post(background, whiten, score_norm, whiten_dim, beta))
+    from .api import query_folder
+
+    s = _run(query_folder, folder, index_dir=index_dir, output=output, threshold=threshold, top_k=top_k, model=model,
+             extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta))
     out.print(f"[bold]{s.queries}[/] queries, [bold]{s.with_match}[/] with a match, {s.matches} matches in all ({s.seconds:.1f} s)")
     _print_skipped(s.skipped, None)
     out.print(f"matches: {_esc(s.csv_path)}")
@@ -157,8 +175,10 @@ def dedupe(
     beta: Optional[float] = BetaOpt,
 ) -> None:
     """Find groups of copies inside FOLDER and choose the image to keep in each. Nothing is moved or deleted."""
-    s = _run(api.dedupe, folder, output, threshold, index_dir, model, batch_size, workers, device.value, not quiet,
-             post=_post(background, whiten, score_norm, whiten_dim, beta))
+    from .api import dedupe as run_dedupe
+
+    s = _run(run_dedupe, folder, output=output, threshold=threshold, index_dir=index_dir, model=model,
+             extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta))
     _print_index_summary(s.index)
     out.print(
         f"[bold]{len(s.groups)}[/] groups of copies among {s.images} images: {s.copies} copies "
@@ -172,7 +192,9 @@ def dedupe(
 @app.command()
 def models() -> None:
     """List the registered descriptor models."""
-    from rich.table import Column
+    from rich.table import Column, Table
+
+    from .models import list_models
 
     # Names are what users type: never wrapped, whatever the terminal's width.
     table = Table(Column("name", no_wrap=True), "dim", "input", "licence", "needs", "description")
@@ -323,6 +345,8 @@ def bench_speed(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Images/s of each stage alone (discover, decode + resize, model, store) and of `index` end to end."""
+    from rich.table import Table
+
     from .speed import bench_speed as run_bench, format_table, ratios
 
     chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
@@ -368,7 +392,7 @@ def bench_synth(
     copy_fraction: float = typer.Option(0.5, "--copy-fraction", help="Share of the references that get an edited copy among the queries."),
     distractors: Optional[int] = typer.Option(None, "--distractors", help="Edited photos that are no reference's copy, among the queries \\[default: as many as copies]."),
     distractor_source: Optional[Path] = typer.Option(None, "--distractor-source", help="Folder to take the distractors from \\[default: held out of SRC]."),
-    edits: Optional[str] = typer.Option(None, "--edits", help=f"Comma-separated edits to draw from \\[default: all]: {', '.join(EDIT_NAMES)}."),
+    edits: Optional[str] = typer.Option(None, "--edits", help="Comma-separated edits to draw from \\[default: all]; the names are in README's \"Copy edits\" (a wrong one lists them)."),
     difficulty: SynthDifficulty = typer.Option(SynthDifficulty.mixed, "--difficulty", help="How many and how strong edits a query gets; mixed draws one level per query."),
     seed: int = typer.Option(0, "--seed", help="The same seed and options give byte-identical files."),
     max_side: int = typer.Option(512, "--max-side", help="Longest side of the written images, in pixels."),
@@ -415,7 +439,7 @@ def calibrate(
     edits: Optional[str] = typer.Option(None, "--edits", help="Comma-separated edits to test [default: all but rotate90, vflip]."),
     difficulty: str = typer.Option("medium", "--difficulty", help="easy, medium or hard edits."),
     precision: Optional[list[float]] = typer.Option(None, "--precision", "-p", help="Target precision; repeatable [default: 0.99 and 0.9]."),
-    threshold: float = typer.Option(api.DEFAULT_THRESHOLD, "--threshold", "-t", help="A threshold to report as well."),
+    threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold", "-t", help="A threshold to report as well."),
     output: Path = typer.Option(Path("copyscan-calibrate"), "--output", "-o", help="Folder for report.html, calibration.json, scores.csv."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample and the edits."),
     batch_size: int = BatchOpt,
@@ -424,6 +448,8 @@ def calibrate(
     quiet: bool = QuietOpt,
 ) -> None:
     """Pick a threshold from your own photos: edited copies of a sample against the rest, at a named precision."""
+    from rich.table import Table
+
     from .calibrate import DEFAULT_PRECISIONS, calibrate as run_calibration, write_outputs
 
     names = [e.strip() for e in edits.split(",")] if edits else None
@@ -484,6 +510,8 @@ def eval_cmd(
     """
     import json
 
+    from rich.table import Table
+
     from .evaluate import evaluate_bench
     from .metrics import evaluate, load_ground_truth, load_predictions
 
@@ -495,9 +523,9 @@ def eval_cmd(
         metrics = _run(lambda: evaluate(load_ground_truth(gt), load_predictions(predictions)))
         doc, per_edit, bench_run = metrics.to_dict(), [], None
     else:
-        result = _run(evaluate_bench, bench_dir, output, model, index_dir, top_k,
-                      _post(background, whiten, score_norm, whiten_dim, beta), batch_size, workers, device.value,
-                      not (quiet or json_out))
+        result = _run(evaluate_bench, bench_dir, output=output, model=model, index_dir=index_dir, top_k=top_k,
+                      post=_post(background, whiten, score_norm, whiten_dim, beta),
+                      extraction=_extraction(batch_size, workers, device, quiet or json_out))
         metrics, doc, per_edit, bench_run = result.metrics, result.to_dict(), result.per_edit, result
     if json_out:
         print(json.dumps(doc))
@@ -521,7 +549,7 @@ def eval_cmd(
         out.print(f"predictions: {_esc(bench_run.predictions_path)}\nmetrics:     {_esc(bench_run.metrics_path)}")
 
 
-def _print_index_summary(s: api.IndexSummary | None) -> None:
+def _print_index_summary(s: IndexSummary | None) -> None:
     if s is None:
         return
     rate = f", {s.rate:.1f} images/s" if s.embedded else ""
@@ -530,7 +558,7 @@ def _print_index_summary(s: api.IndexSummary | None) -> None:
         f"{s.embedded} embedded, {s.unchanged} unchanged, {s.removed} removed, {len(s.skipped)} skipped; "
         f"{s.total} in the index ({s.seconds:.1f} s{rate})"
     )
-    _print_skipped(s.skipped, Path(s.index_dir) / "skipped.csv")
+    _print_skipped(s.skipped, Path(s.skipped_record) if s.skipped_record else None)
 
 
 def _print_skipped(skipped: list[Skipped], record: Path | None, show: int = 10) -> None:

@@ -1,4 +1,4 @@
-"""Stage 2: turn a file into RGB pixels the size a model needs, or a reason why not.
+"""Stage 2 (decode): turn a file into RGB pixels the size a model needs, or a reason why not.
 
 Everything that can go wrong with a user's file ends here as a `DecodeError` with a short,
 human-readable reason; nothing in this module lets an exception of Pillow's escape.

@@ -1,4 +1,4 @@
-"""Stage 1: find the image files under a folder.
+"""Stage 1 (discover): find the image files under a folder.
 
 Walks without following directory symlinks into places already seen, so a symlink loop cannot
 hang the walk, and reports what it could not look at instead of raising.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import Iterator
+
+from .errors import UserError
 
 # Extensions we decode with Pillow alone. HEIC/HEIF join when pillow-heif is importable.
 BASE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -64,7 +66,7 @@ def discover(root: str | os.PathLike, extensions: frozenset[str] | None = None) 
         _consider(root, exts, found, skipped, explicit=True)
         return found, skipped
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"no such folder: {display_path(root)}")
+        raise UserError(f"no such folder: {display_path(root)}")
     for path in _walk(root, skipped):
         _consider(path, exts, found, skipped, explicit=False)
     found.sort(key=lambda e: e.path)

@@ -1,13 +1,13 @@
-"""Stage 3: decode files in worker processes and embed them in batches.
+"""Stage 3 (embed): decode files in worker processes and embed them in batches: the local engine.
 
 A torch DataLoader runs `decode_file` in `workers` processes, so decoding overlaps with the
 model; each item carries either pixels or the reason it failed, and failures never stop the run.
+`embed_entries` is what indexing.py calls an engine: entries in, `EmbeddedBatch`es out.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Iterator, Sequence
@@ -113,22 +113,3 @@ def embed_entries(
         if progress is not None:
             progress(len(indices) + len(bad))
         yield EmbeddedBatch(rows, descriptors, skipped)
-
-
-class Throughput:
-    """Images per second over a run, for summaries."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.count = 0
-
-    def add(self, n: int) -> None:
-        self.count += n
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.start
-
-    @property
-    def rate(self) -> float:
-        return self.count / self.seconds if self.seconds > 0 else 0.0

@@ -21,9 +21,11 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import api
+from .api import index_folder, query_folder
 from .discover import resolve_root
 from .errors import UserError
+from .extraction import Extraction
+from .models import DEFAULT_MODEL
 from .metrics import GroundTruth, Metrics, MetricsError, Predictions, evaluate, load_ground_truth, pairs_found, top1_hits
 from .store import IndexStore
 
@@ -140,15 +142,13 @@ def write_predictions(path: Path, predictions: Predictions) -> None:
 
 def evaluate_bench(
     bench_dir: str | os.PathLike,
+    *,
     output: str | os.PathLike | None = None,
     model: str | None = None,
     index_dir: str | os.PathLike | None = None,
     top_k: int = 10,
     post=None,
-    batch_size: int = 32,
-    workers: int | None = None,
-    device: str = "auto",
-    progress: bool = False,
+    extraction: Extraction | None = None,
 ) -> BenchEvaluation:
     """Index BENCH/references (incrementally, into OUT/index unless `index_dir`), query
     BENCH/queries keeping each query's top-k whatever the score, and score the predictions.
@@ -169,16 +169,16 @@ def evaluate_bench(
     ref_root = resolve_root(bench / "references")
     query_root = resolve_root(bench / "queries")
 
-    indexed = api.index_folder(ref_root, index_dir, model or api.DEFAULT_MODEL, batch_size, workers, device,
-                               progress, post=post)
-    manifest = IndexStore(index_dir).read_manifest()
-    others = [r for r in manifest.get("roots", []) if r != ref_root]
+    extraction = extraction or Extraction()
+    indexed = index_folder(ref_root, index_dir=index_dir, model=model or DEFAULT_MODEL, extraction=extraction, post=post)
+    store = IndexStore(index_dir)
+    others = [r for r in store.roots() if r != ref_root]
     if others:
         raise UserError(f"the index {index_dir} also holds {others[0]}: its images would be scored as wrong "
                         "references; use a fresh --index-dir")
     # -inf keeps every top-k match: normalised scores can fall below -1.
-    queried = api.query_folder(query_root, index_dir, out, -math.inf, top_k, None, batch_size, workers, device,
-                               progress, report=False)
+    queried = query_folder(query_root, index_dir=index_dir, output=out, threshold=-math.inf, top_k=top_k,
+                           extraction=extraction, report=False)
     predictions = _predictions_from_matches(out / "matches.csv", query_root, ref_root)
     try:
         metrics = evaluate(gt, predictions, unknown_queries="error")
@@ -187,7 +187,7 @@ def evaluate_bench(
     result = BenchEvaluation(
         str(bench), str(out), indexed.model, metrics, per_edit_table(gt, predictions, metrics, labels),
         queries_skipped=len(queried.skipped), references_skipped=len(indexed.skipped),
-        postprocess=manifest.get("postprocess") or {},
+        postprocess=store.postprocess_entry() or {},
     )
     result.predictions_path = str(out / "predictions.csv")
     write_predictions(out / "predictions.csv", predictions)

@@ -1,4 +1,4 @@
-"""Stage 7: turn scored pairs into groups of copies, each with one image to keep.
+"""Stage 7 (group): turn scored pairs into groups of copies, each with one image to keep.
 
 The rule, which stops unrelated images merging through a chain of pairs (A~B, B~C, but A!~C):
 
@@ -138,8 +138,11 @@ def exact_cluster_labels(items: list[Item]) -> np.ndarray:
     return np.unique(parent, return_inverse=True)[1].astype(np.int64)
 
 
-def build_groups(items: list[Item], pairs: Pairs | Iterable[tuple[int, int, float]], threshold: float) -> list[Group]:
-    """Groups of copies from items and scored pairs (i, j, cosine); singletons are not groups.
+def build_groups(items: list[Item], pairs: Pairs | Iterable[tuple[int, int, float]], threshold: float | None = None) -> list[Group]:
+    """Groups of copies from items and scored pairs (i, j, score); singletons are not groups.
+
+    Every pair given is a link: the search already applied the threshold (search.py). A
+    `threshold` here drops weaker pairs first, for callers holding pairs found some other way.
 
     Pairs may be a `Pairs` (what `find_pairs` returns) or any iterable of (i, j, score). Work and
     memory grow with the number of pairs and of items in some group, not with N x N; the pairs
@@ -193,9 +196,9 @@ def groups_from_links(items: Sequence[Item], labels: np.ndarray, links: Pairs) -
     return groups
 
 
-def cluster_links(pairs: Pairs, labels: np.ndarray, threshold: float, n_clusters: int) -> Pairs:
-    """Best score between two different clusters over all their member pairs at the threshold."""
-    ok = pairs.score >= threshold
+def cluster_links(pairs: Pairs, labels: np.ndarray, threshold: float | None, n_clusters: int) -> Pairs:
+    """Best score between two different clusters over all their member pairs (at `threshold`, if given)."""
+    ok = pairs.score >= threshold if threshold is not None else np.ones(len(pairs), dtype=bool)
     a, b = labels[pairs.first[ok]], labels[pairs.second[ok]]
     other = a != b
     a, b, score = a[other], b[other], pairs.score[ok][other]

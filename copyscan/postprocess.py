@@ -14,7 +14,10 @@
   (i, j) loses beta x (b_i + b_j) / 2, symmetric, and equal to the query rule when b_i = b_j.
 
 Everything a transform needs lives in one `.npz` file (numpy arrays only, loaded with
-allow_pickle=False); its SHA-256 is recorded in the index manifest and checked on load.
+allow_pickle=False); its SHA-256 is recorded in the index manifest and checked on load. The
+index folder (store.py) keeps the file and the manifest entry; this module owns what the entry
+says (`make_entry`, `load_stored`, `describe_score`, `stored_threshold`). The score rule that
+uses `bias` is score.py.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import faiss
 import numpy as np
 
 from .errors import UserError
+from .score import COSINE
 
 DEFAULT_BETA = 1.0
 DEFAULT_RANKS = (1, 3)  # background neighbours averaged for score normalisation, 1-based, inclusive
@@ -228,3 +232,55 @@ def _top_similarities(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarr
     index.add(np.ascontiguousarray(base, dtype=np.float32))
     sims, _ = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     return sims
+
+
+# ---- the index's stored setting (its manifest entry) ------------------------------------------
+
+
+def make_entry(post: PostProcess, model_dim: int, whiten: bool, score_norm: bool, dim: int | None, beta: float,
+               background: str) -> dict:
+    """The settings recorded in the manifest beside the file (store.set_postprocess adds file + SHA-256)."""
+    return {
+        "whiten": whiten, "score_norm": score_norm, "dim": dim, "dim_out": post.out_dim(model_dim), "beta": beta,
+        "ranks": list(post.ranks), "background": background, "background_images": post.background_count,
+        "threshold": post.extra["threshold"],
+        "pipeline": (f"PCAW{post.out_dim(model_dim)},L2norm" if whiten else "L2norm") + (f" + score norm (beta {beta:g})" if score_norm else ""),
+    }
+
+
+def load_stored(store) -> PostProcess:
+    """The index's transform (the identity when none is set), checked against its manifest.
+
+    `store` is a store.IndexStore (not imported: the store does not need this module)."""
+    manifest = store.read_manifest()
+    stored = store.postprocess_file(manifest)
+    if stored is None:
+        return PostProcess()
+    path, sha = stored
+    post = read_file(path, sha)
+    if post.model_sha256 != store.stored_model(manifest).weights_sha256:
+        raise PostProcessError(f"{path} was fitted for other model weights; run with --background DIR to fit it again")
+    return post
+
+
+def stored_setting(entry: dict | None, name: str, default=None):
+    """One setting of a stored entry (None entry: nothing set)."""
+    return (entry or {}).get(name, default)
+
+
+def stored_threshold(entry: dict | None) -> float | None:
+    """The threshold suggested when the transform was fitted (see suggest_threshold), or None."""
+    value = stored_setting(entry, "threshold")
+    return None if value is None else float(value)
+
+
+def describe_score(entry: dict | None) -> str:
+    """What a score is, in words, for groups.json, the reports and the manifest."""
+    if not entry:
+        return COSINE
+    space = f"cosine of whitened descriptors ({entry.get('pipeline')})" if entry.get("whiten") else COSINE
+    where = f"background {entry.get('background')}"
+    if not entry.get("score_norm"):
+        return f"{space}; whitening fitted on {where}"
+    return (f"{space} less beta {float(entry.get('beta', DEFAULT_BETA)):g} x the mean similarity to the "
+            f"nearest background images (score normalisation; {where})")

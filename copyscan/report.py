@@ -1,4 +1,4 @@
-"""Stage 5: a self-contained HTML page to look at results: queries beside their matches, or
+"""Stage 8 (report): a self-contained HTML page to look at results: queries beside their matches, or
 groups of copies with the image that is kept.
 
 The page opens offline (inline CSS, no script, a Content-Security-Policy that forbids any) and

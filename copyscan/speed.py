@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 STAGES = ("discover", "decode", "model", "store", "index")
 MODEL_STAGE_IMAGES = 256  # inference speed settles well before this; more only costs time
 
@@ -130,7 +132,7 @@ def bench_speed(folder: str | os.PathLike, models: list[str], limit: int = 1000,
 
     entries, _ = discover(folder)
     if not entries:
-        raise FileNotFoundError(f"{folder}: no images found")
+        raise UserError(f"{folder}: no images found")
     entries = sorted(entries, key=lambda e: e.path)[:limit]
     files = [e.path for e in entries]
     if workers is None:
@@ -278,7 +280,7 @@ def _prepare_store(spec, files):
     import numpy as np
 
     from . import ann
-    from .api import SHARD_ROWS
+    from .indexing import SHARD_ROWS
     from .models import create_model
     from .store import IndexStore, Row, rows_to_table
 
@@ -303,6 +305,7 @@ def _prepare_store(spec, files):
 
 def _prepare_index(spec, files):
     from .api import index_folder
+    from .extraction import Extraction
     from .models import create_model
 
     # A folder of links to the chosen files, so that `limit` applies to a real `index` run.
@@ -325,7 +328,8 @@ def _prepare_index(spec, files):
     model.embed = timed_embed
 
     def work():
-        result["summary"] = index_folder(folder, index_dir, model, spec["batch_size"], spec["workers"], spec["device"])
+        result["summary"] = index_folder(folder, index_dir=index_dir, model=model, extraction=Extraction(
+            batch_size=spec["batch_size"], workers=spec["workers"], device=spec["device"]))
 
     def steady(t0: float) -> dict[str, float]:
         if len(batches) < 2:

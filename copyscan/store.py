@@ -1,9 +1,13 @@
-"""Stage 4: the index folder on disk.
+"""Stage 4 (store): the index folder on disk. The one owner of its layout and of the manifest's keys:
+no other module spells a file name below or a manifest key.
 
-    IDX/manifest.json          what built it (model, checksum, dimension, preprocessing) and counts
+    IDX/manifest.json          what built it (model, checksum, dimension, preprocessing), counts,
+                               roots, the FAISS file's metadata, the post-processing entry
     IDX/shards/part-NNNNNN.parquet   one row per image: path, size, mtime, hashes, descriptor
     IDX/skipped.csv            files that could not be used, with the reason
-    IDX/index.faiss            the search index over all live rows (see ann.py)
+    IDX/index.faiss            the search index over all live rows (built by indexing.py, see ann.py)
+    IDX/postprocess.npz        the fitted post-processing (see postprocess.py, background.py)
+    IDX/background/            the background photos' descriptors: an index folder of its own
     IDX/copyscan.lock          held by the one process writing
 
 Every file is written to a temporary name, fsynced and renamed, so a killed run leaves either
@@ -31,15 +35,38 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from .discover import Skipped, display_path, under
-from .models.base import ModelInfo
+from .errors import IndexFolderError
+from .identity import ModelInfo
+from .version import __version__
 
 FORMAT = "copyscan-index"
 FORMAT_VERSION = 1
 SHARD_RE = re.compile(r"^part-(\d{6,})\.parquet$")
+MANIFEST_FILE = "manifest.json"
+SHARD_DIR = "shards"
+SKIPPED_FILE = "skipped.csv"
+FAISS_FILE = "index.faiss"
+LOCK_FILE = "copyscan.lock"
+POST_FILE = "postprocess.npz"
+BACKGROUND_DIR = "background"
+POST_KEY = "postprocess"  # the manifest entry of the post-processing (background.py fills it)
+NOT_BUILT = {"status": "not built"}
+# What the FAISS file holds: 2 = vectors in score.py's form (two extra columns with score
+# normalisation). A file without it (written before issue 14) is stale and gets rebuilt.
+FAISS_LAYOUT = 2  # the "faiss" entry of a manifest written before any FAISS file
+
+IndexError_ = IndexFolderError  # the old name, for code written before errors.py
 
 
-class IndexError_(RuntimeError):
-    """An index folder that cannot be used as asked; the message says why and what to do."""
+@dataclass(frozen=True)
+class StoredModel:
+    """The model an index was built with, as its manifest records it."""
+
+    name: str
+    source: str
+    weights_sha256: str
+    dim: int
+    runtime: str = ""
 
 
 def schema(dim: int) -> pa.Schema:
@@ -109,14 +136,16 @@ def to_path_bytes(path: str) -> bytes:
 
 
 class IndexStore:
-    """Reads and writes one index folder. Create with `IndexStore(folder)`; `open_for_model` checks."""
+    """Reads and writes one index folder: `IndexStore(folder)`; `check_model` refuses another model."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder).expanduser().absolute()
-        self.shard_dir = self.folder / "shards"
-        self.manifest_path = self.folder / "manifest.json"
-        self.skipped_path = self.folder / "skipped.csv"
-        self.faiss_path = self.folder / "index.faiss"
+        self.shard_dir = self.folder / SHARD_DIR
+        self.manifest_path = self.folder / MANIFEST_FILE
+        self.skipped_path = self.folder / SKIPPED_FILE
+        self.faiss_path = self.folder / FAISS_FILE
+        self.post_path = self.folder / POST_FILE
+        self.background_dir = self.folder / BACKGROUND_DIR  # an index folder of its own
         self._lock: FileLock | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -127,12 +156,12 @@ class IndexStore:
     def lock(self, timeout: float = 0.0) -> None:
         """Take the writer's lock; a second writer fails fast with a clear message."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(str(self.folder / "copyscan.lock"))
+        self._lock = FileLock(str(self.folder / LOCK_FILE))
         try:
             self._lock.acquire(timeout=timeout)
         except Timeout:
             self._lock = None
-            raise IndexError_(
+            raise IndexFolderError(
                 f"another copyscan process is writing to {self.folder}; wait for it to finish and run this again"
             ) from None
         self._remove_leftover_temp_files()
@@ -145,7 +174,7 @@ class IndexStore:
             if not folder.is_dir():
                 continue
             for leftover in folder.iterdir():
-                if leftover.name.endswith(".tmp") and (leftover.name.startswith(".") or leftover == Path(str(self.faiss_path) + ".tmp")):
+                if leftover.name.endswith(".tmp") and (leftover.name.startswith(".") or leftover == self._faiss_tmp_path()):
                     leftover.unlink(missing_ok=True)
 
     def unlock(self) -> None:
@@ -157,13 +186,13 @@ class IndexStore:
         try:
             manifest = json.loads(self.manifest_path.read_text())
         except FileNotFoundError:
-            raise IndexError_(f"no copyscan index at {self.folder}: build one with `copyscan index DIR`") from None
+            raise IndexFolderError(f"no copyscan index at {self.folder}: build one with `copyscan index DIR`") from None
         except (OSError, ValueError) as exc:
-            raise IndexError_(f"{self.manifest_path} is unreadable ({exc}); rebuild the index into a new folder") from None
+            raise IndexFolderError(f"{self.manifest_path} is unreadable ({exc}); rebuild the index into a new folder") from None
         if manifest.get("format") != FORMAT:
-            raise IndexError_(f"{self.folder} is not a copyscan index (no '{FORMAT}' manifest)")
+            raise IndexFolderError(f"{self.folder} is not a copyscan index (no '{FORMAT}' manifest)")
         if int(manifest.get("format_version", 0)) != FORMAT_VERSION:
-            raise IndexError_(
+            raise IndexFolderError(
                 f"{self.folder} has index format v{manifest.get('format_version')}, this copyscan reads v{FORMAT_VERSION}; "
                 "rebuild it with this version into a new folder"
             )
@@ -173,10 +202,10 @@ class IndexStore:
         """Refuse to mix models or dimensions in one index."""
         if not self.exists():
             return
-        m = self.read_manifest()["model"]
-        if m["name"] != info.name or m["weights_sha256"] != info.weights_sha256 or int(m["dim"]) != info.dim:
-            raise IndexError_(
-                f"{self.folder} holds descriptors of model {m['name']} ({m['dim']}-d, weights {m['weights_sha256'][:12]}), "
+        m = self.stored_model()
+        if m.name != info.name or m.weights_sha256 != info.weights_sha256 or m.dim != info.dim:
+            raise IndexFolderError(
+                f"{self.folder} holds descriptors of model {m.name} ({m.dim}-d, weights {m.weights_sha256[:12]}), "
                 f"not {info.name} ({info.dim}-d, weights {info.weights_sha256[:12]}); use that model, or another --index-dir"
             )
 
@@ -209,9 +238,9 @@ class IndexStore:
         tables = []
         for shard in self.shard_paths():
             try:
-                tables.append(pq.read_table(shard, columns=cols))
+                tables.append(_read_shard(shard, cols))
             except (OSError, pa.ArrowInvalid) as exc:
-                raise IndexError_(f"shard {shard} is unreadable ({exc}); delete it and run `copyscan index` again") from None
+                raise IndexFolderError(f"shard {shard} is unreadable ({exc}); delete it and run `copyscan index` again") from None
         if not tables:
             return _empty(cols, self._dim_or_none())
         table = pa.concat_tables(tables)
@@ -242,14 +271,14 @@ class IndexStore:
         dropped = 0
         # Walk newest first: a path seen in a newer shard is superseded in every older one.
         for shard in reversed(shards):
-            keys = pq.read_table(shard, columns=["path_bytes"]).column("path_bytes").to_pylist()
+            keys = _read_shard(shard, ["path_bytes"]).column("path_bytes").to_pylist()
             keep = [i for i, k in enumerate(keys) if k not in dead_keys and k not in later]
             later.update(keys)
             if len(keep) == len(keys):
                 continue
             dropped += len(keys) - len(keep)
             if keep:
-                table = pq.read_table(shard).take(pa.array(keep, type=pa.int64()))
+                table = _read_shard(shard).take(pa.array(keep, type=pa.int64()))
                 sink = pa.BufferOutputStream()
                 pq.write_table(table, sink, compression="zstd")
                 atomic_write_bytes(shard, sink.getvalue().to_pybytes())
@@ -263,8 +292,8 @@ class IndexStore:
 
     def _dim_or_none(self) -> int | None:
         try:
-            return int(self.read_manifest()["model"]["dim"])
-        except IndexError_:
+            return self.stored_model().dim
+        except IndexFolderError:
             return None
 
     # ---- skipped files ----------------------------------------------------------------------
@@ -291,8 +320,6 @@ class IndexStore:
     # ---- manifest ---------------------------------------------------------------------------
 
     def write_manifest(self, info: ModelInfo, counts: dict[str, int], faiss_meta: dict[str, Any], roots: list[str]) -> dict[str, Any]:
-        from . import __version__
-
         old = self.read_manifest() if self.exists() else {}
         manifest = {
             "format": FORMAT,
@@ -308,17 +335,117 @@ class IndexStore:
                 "source": info.source,
             },
             "preprocessing": info.preprocessing(),
-            "metric": "inner_product (cosine of L2-normalised descriptors)",
+            "metric": "inner_product (what the score is: faiss.score)",
             "counts": counts,
             "roots": sorted(set(roots) | set(old.get("roots", []))),
             "faiss": faiss_meta,
         }
-        if old.get("postprocess"):  # set by set_manifest_entry; kept until switched off there
-            manifest["postprocess"] = old["postprocess"]
-        atomic_write_bytes(self.manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+        if old.get(POST_KEY):  # set by set_postprocess; kept until clear_postprocess
+            manifest[POST_KEY] = old[POST_KEY]
+        self._write_manifest_doc(manifest)
         return manifest
 
-    def set_manifest_entry(self, key: str, value: Any) -> None:
+    def commit_manifest(self, info: ModelInfo, images: int, skipped: int, faiss_meta: dict[str, Any], roots: list[str]) -> dict[str, Any]:
+        """The manifest after a run: counts of live rows, shards and skipped files, the FAISS entry."""
+        return self.write_manifest(info, {"images": images, "shards": len(self.shard_paths()), "skipped": skipped}, faiss_meta, roots)
+
+    def start_manifest(self, info: ModelInfo, roots: list[str]) -> None:
+        """A new index's first manifest, written before any shard (FAISS "not built"), so that a
+        resumed run is checked against the same model and a post-processing entry has a home."""
+        if not self.exists():
+            self.write_manifest(info, {"images": 0, "shards": 0, "skipped": 0}, dict(NOT_BUILT), roots)
+
+    def _write_manifest_doc(self, manifest: dict[str, Any]) -> None:
+        atomic_write_bytes(self.manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+
+    # ---- what the manifest says -------------------------------------------------------------
+
+    def stored_model(self, manifest: dict[str, Any] | None = None) -> StoredModel:
+        m = (manifest or self.read_manifest())["model"]
+        return StoredModel(m["name"], m.get("source", ""), m["weights_sha256"], int(m["dim"]), m.get("runtime", ""))
+
+    def roots(self, manifest: dict[str, Any] | None = None) -> list[str]:
+        """The folders ever indexed into this index (none when it does not exist yet)."""
+        if manifest is None and not self.exists():
+            return []
+        return list((manifest or self.read_manifest()).get("roots", []))
+
+    def counts(self, manifest: dict[str, Any] | None = None) -> dict[str, int]:
+        return dict((manifest or self.read_manifest()).get("counts", {}))
+
+    def image_count(self, manifest: dict[str, Any] | None = None) -> int:
+        """Live rows when the manifest was last written (what the FAISS file holds)."""
+        return int(self.counts(manifest).get("images", 0))
+
+    def skipped_count(self, manifest: dict[str, Any] | None = None) -> int:
+        return int(self.counts(manifest).get("skipped", 0))
+
+    def faiss_type(self, manifest: dict[str, Any] | None = None) -> str:
+        return str(self.faiss_meta(manifest).get("type", ""))
+
+    # ---- the FAISS file ---------------------------------------------------------------------
+
+    def faiss_meta(self, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+        return dict((manifest or self.read_manifest()).get("faiss", {}))
+
+    def faiss_fingerprint(self, manifest: dict[str, Any] | None = None) -> str:
+        """The shards' fingerprint, plus the post-processing file's checksum when one is set: a FAISS
+        file built from other transformed vectors is as stale as one built from other shards."""
+        entry = self.postprocess_entry(manifest)
+        shards = self.shard_fingerprint()
+        return f"{shards}+{entry['sha256'][:16]}" if entry else shards
+
+    def faiss_is_fresh(self, manifest: dict[str, Any] | None = None) -> bool:
+        manifest = manifest or self.read_manifest()
+        meta = self.faiss_meta(manifest)
+        return (self.faiss_path.exists() and meta.get("layout") == FAISS_LAYOUT
+                and meta.get("shards_fingerprint") == self.faiss_fingerprint(manifest))
+
+    def save_faiss(self, index: Any, kind: str, rule: str, nprobe: int, count: int, score: str) -> dict[str, Any]:
+        """Write the FAISS file atomically; returns its manifest entry (for write_manifest)."""
+        from . import ann
+
+        tmp = self._faiss_tmp_path()
+        ann.save_index(index, str(tmp))
+        os.replace(tmp, self.faiss_path)
+        return {"type": kind, "rule": rule, "nprobe": nprobe, "count": count, "score": score, "layout": FAISS_LAYOUT,
+                "shards_fingerprint": self.faiss_fingerprint()}
+
+    def load_faiss(self, manifest: dict[str, Any] | None = None) -> Any:
+        """The stored FAISS index, searched with the nprobe recorded when it was built."""
+        from . import ann
+
+        return ann.load_index(str(self.faiss_path), int(self.faiss_meta(manifest).get("nprobe") or 0))
+
+    def _faiss_tmp_path(self) -> Path:
+        return Path(str(self.faiss_path) + ".tmp")
+
+    # ---- post-processing entry --------------------------------------------------------------
+
+    def postprocess_entry(self, manifest: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The post-processing settings (background.py's entry), or None when none is set."""
+        if manifest is None and not self.exists():
+            return None
+        return (manifest or self.read_manifest()).get(POST_KEY) or None
+
+    def postprocess_file(self, manifest: dict[str, Any] | None = None) -> tuple[Path, str] | None:
+        """(the transform file, its SHA-256 as recorded), or None when none is set."""
+        entry = self.postprocess_entry(manifest)
+        return (self.folder / entry["file"], entry["sha256"]) if entry else None
+
+    def set_postprocess(self, data: bytes, sha256: str, entry: dict[str, Any]) -> dict[str, Any]:
+        """Write the transform file and record it (with `entry`'s settings) in the manifest."""
+        atomic_write_bytes(self.post_path, data)
+        entry = {"file": POST_FILE, "sha256": sha256, **entry}
+        self._set_manifest_entry(POST_KEY, entry)
+        return entry
+
+    def clear_postprocess(self) -> None:
+        if self.postprocess_entry():
+            self._set_manifest_entry(POST_KEY, None)
+        self.post_path.unlink(missing_ok=True)
+
+    def _set_manifest_entry(self, key: str, value: Any) -> None:
         """Set (or, with None, remove) one top-level entry of an existing manifest."""
         manifest = self.read_manifest()
         if value is None:
@@ -326,7 +453,7 @@ class IndexStore:
         else:
             manifest[key] = value
         manifest["updated"] = _now()
-        atomic_write_bytes(self.manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+        self._write_manifest_doc(manifest)
 
 
 class _StringSink:
@@ -339,6 +466,13 @@ class _StringSink:
 
     def getvalue(self) -> str:
         return "".join(self.parts)
+
+
+def _read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
+    # ParquetFile, not pq.read_table: read_table goes through pyarrow.dataset, whose import pulls
+    # in pandas (0.2-0.7 s of every command here, more than reading the shards).
+    with pq.ParquetFile(path) as fh:
+        return fh.read(columns=columns)
 
 
 def _digest(text: str) -> str:

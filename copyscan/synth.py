@@ -28,7 +28,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import __version__
+from .version import __version__
 from .decode import DecodeError, file_hash, open_image, read_bytes
 from .discover import Skipped, discover
 from .edits import DIFFICULTIES, apply_edits, check_names, random_chain
@@ -370,6 +370,6 @@ def _replace(work: Path, out: Path) -> None:
 
 
 def _bar(enabled: bool, total: int, label: str):
-    from .api import _progress_bar  # the same bar as index and query (a no-op one when disabled)
+    from .progress import progress_bar  # the same bar as index and query (a no-op one when disabled)
 
-    return _progress_bar(enabled, total, label)
+    return progress_bar(enabled, total, label)

@@ -1,4 +1,4 @@
-"""Index choice and neighbour search (ann.py), pair finding (api.find_pairs), grouping (group.py)."""
+"""Index choice and neighbour search (ann.py), pair finding (search.find_pairs), grouping (group.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from copyscan import ann
-from copyscan.api import find_pairs
+from copyscan.search import find_pairs
 from copyscan.group import Item, build_groups, keep_reason, quality_key
 from copyscan.results import MATCH_IDENTICAL_FILE, MATCH_IDENTICAL_PIXELS, MATCH_NEAR
 
@@ -81,7 +81,7 @@ def test_ivf_returns_exact_inner_products(tmp_path):
     # save/load keeps it and sets nprobe again
     path = str(tmp_path / "ivf.faiss")
     ann.save_index(index, path)
-    loaded = ann.load_index(path)
+    loaded = ann.load_index(path, nprobe=16)
     assert faiss.extract_index_ivf(loaded).nprobe == 16
     s2, i2 = ann.search(loaded, queries, 10)
     np.testing.assert_array_equal(i2, ids)

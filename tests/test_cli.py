@@ -34,6 +34,9 @@ from typer.testing import CliRunner
 from conftest import make_photo, photo_array
 
 import copyscan.api as api
+import copyscan.indexing as indexing
+import copyscan.models as models
+from copyscan.extraction import Extraction
 from copyscan.cli import app
 from copyscan.decode import decode_file
 from copyscan.models.base import DescriptorModel
@@ -466,17 +469,17 @@ def test_interrupted_index_resumes(cwd, tiny_model_path, monkeypatch):
     folder = cwd / "refs"
     for s in range(9):
         make_photo(folder / f"img{s}.jpg", size=(96, 72), seed=s)
-    real_create = api.create_model
+    real_create = models.create_model
     made: list[_InterruptingModel] = []
 
     def create(name, device="auto"):
         made.append(_InterruptingModel(real_create(name, device), fail_at=3))
         return made[-1]
 
-    monkeypatch.setattr(api, "SHARD_ROWS", 2)
-    monkeypatch.setattr(api, "create_model", create)
+    monkeypatch.setattr(indexing, "SHARD_ROWS", 2)
+    monkeypatch.setattr(models, "create_model", create)
     with pytest.raises(api.Interrupted, match="run the same command again"):
-        api.index_folder(folder, model=str(tiny_model_path), batch_size=2, workers=0)
+        api.index_folder(folder, model=str(tiny_model_path), extraction=Extraction(batch_size=2, workers=0))
     store = IndexStore(cwd / INDEX)
     shards = store.shard_paths()
     assert len(shards) == 2  # two finished batches, one shard each
@@ -489,9 +492,9 @@ def test_interrupted_index_resumes(cwd, tiny_model_path, monkeypatch):
     done = set(paths_of(store.read_table()))
     assert len(done) == 4
     # The lock was released: another run can start.
-    monkeypatch.setattr(api, "create_model", real_create)
+    monkeypatch.setattr(models, "create_model", real_create)
 
-    summary = api.index_folder(folder, model=str(tiny_model_path), batch_size=2, workers=0)
+    summary = api.index_folder(folder, model=str(tiny_model_path), extraction=Extraction(batch_size=2, workers=0))
     assert summary.embedded == 5 and summary.unchanged == 4 and summary.removed == 0
     table = store.read_table()
     paths = paths_of(table)
@@ -503,9 +506,9 @@ def test_interrupted_index_resumes(cwd, tiny_model_path, monkeypatch):
 
 def test_interrupt_through_cli_exits_130(cwd, tiny_model_path, monkeypatch):
     make_library(cwd / "refs", bad=False)
-    real_create = api.create_model
-    monkeypatch.setattr(api, "SHARD_ROWS", 2)
-    monkeypatch.setattr(api, "create_model", lambda name, device="auto": _InterruptingModel(real_create(name, device), 2))
+    real_create = models.create_model
+    monkeypatch.setattr(indexing, "SHARD_ROWS", 2)
+    monkeypatch.setattr(models, "create_model", lambda name, device="auto": _InterruptingModel(real_create(name, device), 2))
     r = cli("index", "./refs", "--model", tiny_model_path, "-j", "0", "-q", "-b", "2", code=130)
     assert "run the same command again" in r.output and "Traceback" not in r.output
 

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import make_photo
 from copyscan.discover import BASE_EXTENSIONS, FileEntry, Skipped, discover, display_path, resolve_root, under
+from copyscan.errors import UserError
 
 IMAGE_NAMES = [
     "a.jpg", "b.jpeg", "c.png", "d.webp", "e.bmp", "f.gif", "g.tiff", "h.tif",
@@ -73,7 +74,7 @@ def test_single_file_root(tmp_path):
 
 
 def test_missing_root_raises(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such folder"):
+    with pytest.raises(UserError, match="no such folder"):
         discover(tmp_path / "does-not-exist")
 
 

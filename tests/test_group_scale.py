@@ -12,7 +12,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from copyscan.api import find_pairs
+from copyscan.search import find_pairs
 from copyscan.group import Item, Pairs, build_groups, quality_key
 
 

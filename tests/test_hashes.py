@@ -35,5 +35,5 @@ def test_hash_model_indexes_a_folder(tmp_path):
 
     for i in range(3):
         make_photo(tmp_path / "p" / f"{i}.jpg", size=(200, 150), seed=i)
-    s = copyscan.index_folder(tmp_path / "p", tmp_path / "idx", model="phash", workers=0)
+    s = copyscan.index_folder(tmp_path / "p", index_dir=tmp_path / "idx", model="phash", extraction=copyscan.Extraction(workers=0))
     assert s.embedded == 3 and s.model == "phash"

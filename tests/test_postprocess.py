@@ -10,11 +10,19 @@ import pytest
 
 from conftest import make_photo
 
-from copyscan import api
-from copyscan.background import BACKGROUND_CACHE, POST_FILE, PostOptions
+from copyscan import ann, api
+from copyscan.extraction import Extraction
+from copyscan.score import pairs_of, references_of
+from copyscan.search import default_threshold, pairs_in
+from copyscan.background import PostOptions
+from copyscan.store import BACKGROUND_DIR as BACKGROUND_CACHE
+from copyscan.store import POST_FILE
 from copyscan.group import Pairs
 from copyscan.postprocess import PostProcess, PostProcessError, fit, fit_whitening, read_file, sha256_of, suggest_threshold
 from copyscan.store import IndexStore, descriptors_of, paths_of
+
+
+NO_WORKERS = Extraction(workers=0)
 
 
 def unit_rows(x):
@@ -92,7 +100,10 @@ def test_dedupe_pairs_use_the_symmetric_rule():
     vectors[1] = unit_rows(vectors[:1] + 0.05)[0]  # a near copy of image 0
     post = PostProcess(score_norm=True, beta=1.0, background=unit_rows(rng.normal(size=(20, 8))))
     bias = post.bias(vectors)
-    found = api._find_pairs_normalised(vectors, 0.2, post)
+    # The stored index holds the references' form; each image searches it in the pair form.
+    index = ann.build_index(references_of(post, vectors))
+    rows = np.arange(len(vectors))
+    found = pairs_in(index, pairs_of(post, vectors), rows, 0.2, len(vectors))
     sims = vectors @ vectors.T
     expected = {(i, j): sims[i, j] - (bias[i] + bias[j]) / 2 for i in range(30) for j in range(i + 1, 30)}
     expected = {k: v for k, v in expected.items() if v >= 0.2}
@@ -122,21 +133,21 @@ def top_scores(csv_path):
 
 def test_index_keeps_the_transform_and_query_uses_it(folders, tiny_model_path):
     idx = folders / "idx"
-    api.index_folder(folders / "refs", idx, str(tiny_model_path), workers=0, post=PostOptions(background=folders / "bg"))
+    api.index_folder(folders / "refs", index_dir=idx, model=str(tiny_model_path), extraction=NO_WORKERS, post=PostOptions(background=folders / "bg"))
     store = IndexStore(idx)
     manifest = store.read_manifest()
     entry = manifest["postprocess"]
     assert entry["whiten"] and entry["score_norm"] and entry["background_images"] == 20
     assert entry["sha256"] == sha256_of((idx / POST_FILE).read_bytes())
     assert manifest["faiss"]["shards_fingerprint"].endswith("+" + entry["sha256"][:16])
-    assert not api._stale(store, manifest)
+    assert store.faiss_is_fresh(manifest)
 
     # A later query, without options, scores with the stored transform.
-    q = api.query_folder(folders / "queries", idx, folders / "out", threshold=-1, top_k=1, workers=0, report=False)
+    q = api.query_folder(folders / "queries", index_dir=idx, output=folders / "out", threshold=-1, top_k=1, extraction=NO_WORKERS, report=False)
     loaded = api.load_index(idx)
     assert loaded.post.whiten and loaded.post.score_norm
     # The queries' raw descriptors, as the pipeline computes them: index them alone, untransformed.
-    api.index_folder(folders / "queries", folders / "plain", str(tiny_model_path), workers=0)
+    api.index_folder(folders / "queries", index_dir=folders / "plain", model=str(tiny_model_path), extraction=NO_WORKERS)
     plain = IndexStore(folders / "plain").read_table(["descriptor"])
     queries = loaded.post.transform(descriptors_of(plain))
     refs = loaded.post.transform(descriptors_of(store.read_table(["descriptor"])))
@@ -147,48 +158,48 @@ def test_index_keeps_the_transform_and_query_uses_it(folders, tiny_model_path):
 
 def test_changing_or_switching_off_rebuilds_faiss(folders, tiny_model_path):
     idx = folders / "idx"
-    api.index_folder(folders / "refs", idx, str(tiny_model_path), workers=0, post=PostOptions(background=folders / "bg"))
+    api.index_folder(folders / "refs", index_dir=idx, model=str(tiny_model_path), extraction=NO_WORKERS, post=PostOptions(background=folders / "bg"))
     store = IndexStore(idx)
     cache_shards = sorted(p.stat().st_mtime_ns for p in (idx / BACKGROUND_CACHE / "shards").iterdir())
     first = store.read_manifest()
 
-    api.query_folder(folders / "queries", idx, folders / "out", workers=0, report=False,
+    api.query_folder(folders / "queries", index_dir=idx, output=folders / "out", extraction=NO_WORKERS, report=False,
                      post=PostOptions(whiten=False, beta=0.5))
     second = store.read_manifest()
     assert second["postprocess"]["whiten"] is False and second["postprocess"]["beta"] == 0.5
     assert second["postprocess"]["sha256"] != first["postprocess"]["sha256"]
     assert second["faiss"]["shards_fingerprint"] != first["faiss"]["shards_fingerprint"]
-    assert not api._stale(store, second)
+    assert store.faiss_is_fresh(second)
     # The background was not embedded again.
     assert sorted(p.stat().st_mtime_ns for p in (idx / BACKGROUND_CACHE / "shards").iterdir()) == cache_shards
 
     # A FAISS file built for another transform is stale.
     stale = json.loads(json.dumps(second))
     stale["postprocess"]["sha256"] = "f" * 64
-    assert api._stale(store, stale)
+    assert not store.faiss_is_fresh(stale)
 
-    api.index_folder(folders / "refs", idx, str(tiny_model_path), workers=0, post=PostOptions(whiten=False, score_norm=False))
+    api.index_folder(folders / "refs", index_dir=idx, model=str(tiny_model_path), extraction=NO_WORKERS, post=PostOptions(whiten=False, score_norm=False))
     third = store.read_manifest()
     assert "postprocess" not in third and not (idx / POST_FILE).exists()
     assert third["faiss"]["shards_fingerprint"] == store.shard_fingerprint()
-    assert api.default_threshold(third) == api.DEFAULT_THRESHOLD
+    assert default_threshold(store, third) == api.DEFAULT_THRESHOLD
 
 
 def test_bad_settings_are_refused(folders, tiny_model_path):
     idx = folders / "idx"
     with pytest.raises(PostProcessError, match="--background"):
-        api.index_folder(folders / "refs", idx, str(tiny_model_path), workers=0, post=PostOptions(whiten=True))
+        api.index_folder(folders / "refs", index_dir=idx, model=str(tiny_model_path), extraction=NO_WORKERS, post=PostOptions(whiten=True))
     with pytest.raises(PostProcessError, match="overlaps"):
-        api.index_folder(folders / "refs", idx, str(tiny_model_path), workers=0, post=PostOptions(background=folders / "refs"))
+        api.index_folder(folders / "refs", index_dir=idx, model=str(tiny_model_path), extraction=NO_WORKERS, post=PostOptions(background=folders / "refs"))
     with pytest.raises(PostProcessError, match="overlaps"):
-        api.index_folder(folders / "refs", idx, str(tiny_model_path), workers=0, post=PostOptions(background=folders))
+        api.index_folder(folders / "refs", index_dir=idx, model=str(tiny_model_path), extraction=NO_WORKERS, post=PostOptions(background=folders))
     with pytest.raises(PostProcessError, match="no such background"):
-        api.index_folder(folders / "refs", idx, str(tiny_model_path), workers=0, post=PostOptions(background=folders / "nope"))
+        api.index_folder(folders / "refs", index_dir=idx, model=str(tiny_model_path), extraction=NO_WORKERS, post=PostOptions(background=folders / "nope"))
 
 
 def test_tampered_file_is_reported(folders, tiny_model_path):
     idx = folders / "idx"
-    api.index_folder(folders / "refs", idx, str(tiny_model_path), workers=0, post=PostOptions(background=folders / "bg"))
+    api.index_folder(folders / "refs", index_dir=idx, model=str(tiny_model_path), extraction=NO_WORKERS, post=PostOptions(background=folders / "bg"))
     (idx / POST_FILE).write_bytes(b"changed")
     with pytest.raises(PostProcessError, match="checksum"):
         api.load_index(idx)

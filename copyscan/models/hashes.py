@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import DescriptorModel, ModelInfo, ModelUnavailable
+from ..errors import ModelUnavailable
+from ..identity import ModelInfo
+from .base import DescriptorModel
 
 BASELINES_HINT = 'pip install "copyscan[baselines]"  (imagehash and pdqhash)'
 

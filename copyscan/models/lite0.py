@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import ModelUnavailable
+from ..errors import ModelUnavailable
 
 ARCH = "tf_efficientnet_lite0"
 MEAN = (0.5, 0.5, 0.5)
@@ -58,3 +58,14 @@ def trunk(path: str | None = None) -> nn.Module:
     model = imagenet_classifier(path)
     model.reset_classifier(0, "")
     return model
+
+
+def load_lite0_gem(device: str = "auto"):
+    """The registered `lite0_gem`: the ImageNet trunk, GeM (p=3) pooling, L2 norm; 1280-d."""
+    from ..identity import ModelInfo, sha256_file
+    from .base import DescriptorNet, TorchDescriptor
+
+    weights = weights_path()
+    net = DescriptorNet(trunk(weights), FEATURE_DIM, None, 3.0)
+    info = ModelInfo("lite0_gem", FEATURE_DIM, 224, MEAN, STD, sha256_file(weights), "torch", weights)
+    return TorchDescriptor(net, info, device)

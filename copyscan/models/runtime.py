@@ -18,7 +18,9 @@ import os
 import re
 import warnings
 
-from .base import DescriptorModel, ModelInfo, ModelUnavailable, TorchDescriptor, resolve_device
+from ..errors import ModelUnavailable
+from ..identity import ModelInfo
+from .base import DescriptorModel, TorchDescriptor, resolve_device
 
 RUNTIMES = ("auto", "torch", "onnx")
 RUNTIME_ENV = "COPYSCAN_RUNTIME"
@@ -93,7 +95,7 @@ def _twin_at(path, info: ModelInfo) -> DescriptorModel:
 
 
 def _onnx_twin(model: TorchDescriptor) -> DescriptorModel:
-    from ..export import export_descriptor
+    from .onnx_export import export_descriptor
 
     path = onnx_cache_path(model)
     if path.exists():

@@ -11,7 +11,9 @@ import os
 import numpy as np
 import torch
 
-from .base import DescriptorModel, ModelInfo, ModelUnavailable, TorchDescriptor, resolve_device, sha256_file
+from ..errors import ModelUnavailable
+from ..identity import ModelInfo, sha256_file
+from .base import DescriptorModel, TorchDescriptor, resolve_device
 from .weights import fetch
 
 SSCD_URL = "https://dl.fbaipublicfiles.com/sscd-copy-detection/sscd_disc_mixup.torchscript.pt"

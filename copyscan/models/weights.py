@@ -15,7 +15,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .base import ModelUnavailable, sha256_file
+from ..errors import ModelUnavailable
+from ..identity import sha256_file
 
 DOWNLOAD_TIMEOUT_S = 20
 

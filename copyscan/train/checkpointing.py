@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models.base import ModelUnavailable
+from ..errors import ModelUnavailable
 from ..models.checkpoint import save_checkpoint
 
 STATE_FILE = "state.pt"

@@ -13,17 +13,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..models.base import ModelUnavailable
+from ..errors import ConfigError
 
 # Which losses each teacher mode turns on when the user says nothing: with a teacher, RDCD's
 # three; without one, SSCD's InfoNCE and KoLeo entropy term.
 DISTILL_LOSSES = ("rel", "con", "hn")
 SSCD_LOSSES = ("infonce", "koleo")
 ALL_LOSSES = DISTILL_LOSSES + SSCD_LOSSES
-
-
-class ConfigError(ModelUnavailable):
-    """A setting that cannot work; the message says which and why (shown as one line)."""
 
 
 @dataclass

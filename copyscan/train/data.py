@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from ..decode import DecodeError, decode_file, open_image, read_bytes
 from ..discover import discover
 from ..edits import TrainAugment
-from ..models.base import ModelUnavailable
+from ..errors import ModelUnavailable
 
 QUERY, KEY = 0, 1
 # JPEGs are decoded at a reduced DCT scale down to this multiple of the view size: the smallest

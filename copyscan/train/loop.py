@@ -24,8 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..api import Interrupted as ApiInterrupted
-from ..models.base import ModelUnavailable, resolve_device
+from ..errors import Interrupted as RunInterrupted
+from ..errors import ModelUnavailable
+from ..models.base import resolve_device
 from . import distributed
 from .checkpointing import export_model, load_state, rng_states, save_state, set_rng_states
 from .config import TrainConfig, check_resumable, save_config
@@ -36,7 +37,7 @@ from .student import build_student, momentum_twin, momentum_update, pca_init_pro
 from .teacher import TeacherCache, embed_views, load_teacher, teacher_label
 
 
-class Interrupted(ApiInterrupted):
+class Interrupted(RunInterrupted):
     """Training stopped by Ctrl-C after saving its state; the message says how to resume."""
 
 

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..models.base import DescriptorNet, ModelUnavailable
+from ..errors import ModelUnavailable
+from ..models.base import DescriptorNet
 from ..models.checkpoint import make_config
 
 LITE0_ALIASES = ("efficientnet_lite0", "lite0", "tf_efficientnet_lite0")

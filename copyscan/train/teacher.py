@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from ..models import create_model
-from ..models.base import DescriptorModel, ModelUnavailable
+from ..errors import ModelUnavailable
+from ..models.base import DescriptorModel
 from ..edits import TrainAugment
 from .data import QUERY, list_digest, list_images, open_substituted, view_seed
 

@@ -1,0 +1,263 @@
+"""The index job: files under a folder -> Parquet shards -> FAISS file -> manifest.
+
+Its pipeline shape, which another engine (Ray) plugs into at step 2:
+
+1. `plan`      reader: discover the folder (stage 1) and compare it with the store: which files
+               to embed (new or changed), which are unchanged, which skip records stay. No model.
+2. engine      decode mapper + embed mapper (stages 2-3): `(entries, model, extraction, advance)
+               -> EmbeddedBatch...`, where `model` is a models.LazyModel: `model.get()` loads it
+               here, `model.ref` and `model.device` let an engine load it in its own workers.
+               `local_engine` runs embed.embed_entries (DataLoader decode workers + the model in
+               this process); any callable with that shape can replace it.
+3. `ShardWriter`  buffers rows, writes a Parquet shard every SHARD_ROWS rows or SHARD_SECONDS,
+               with the skip list; Ctrl-C or SIGTERM flushes it, so the next run resumes.
+4. `commit`    compaction (rows of removed, now-unreadable or re-embedded files), the FAISS file
+               over every live row in the score rule's form (score.py), then the manifest.
+
+An unchanged folder stops after step 1 with nothing written and no model loaded. The store
+(store.py) owns every file name and manifest key used here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+
+from .discover import FileEntry, Skipped, discover, under
+from .errors import Interrupted, UserError
+from .extraction import Extraction
+from .identity import ModelInfo
+from .models import LazyModel
+from .progress import Throughput, progress_bar
+from .results import IndexSummary
+from .store import IndexStore
+
+if TYPE_CHECKING:
+    from .embed import EmbeddedBatch
+    from .models.base import DescriptorModel
+
+SHARD_ROWS = 2048  # rows per Parquet shard (or $COPYSCAN_FLUSH_ROWS) ...
+SHARD_SECONDS = 30.0  # ... or fewer, so that a killed run loses at most this much work
+FLUSH_ROWS_ENV = "COPYSCAN_FLUSH_ROWS"
+
+# entries, the run's model (loaded on demand), extraction settings, advance(n images done) -> embedded batches
+Engine = Callable[[Sequence[FileEntry], LazyModel, Extraction, Callable[[int], None]], Iterable["EmbeddedBatch"]]
+
+
+# ---- 1. plan ------------------------------------------------------------------------------------
+
+
+@dataclass
+class IndexPlan:
+    """What one run over `root` has to do, found without a model."""
+
+    root: str
+    entries: list[FileEntry]  # every image file under root
+    todo: list[FileEntry]  # new or changed since indexed (or since they failed): to embed
+    known: dict[str, tuple[int, int]]  # path -> (bytes, mtime_ns) of every live row of the index
+    keep_skips: list[Skipped]  # skip records that stay: outside root, or unchanged bad files
+    found_skips: list[Skipped]  # what discovery could not look at on this run
+    old_skips: list[Skipped] = field(default_factory=list)
+
+    @property
+    def unchanged(self) -> int:
+        return len(self.entries) - len(self.todo)
+
+
+def plan(store: IndexStore, root: str) -> IndexPlan:
+    entries, found_skips = discover(root)
+    known = store.known_files()
+    old_skips = store.read_skipped()
+    old_skip_at = {s.path: (s.bytes, s.mtime_ns) for s in old_skips}
+    present = {e.path for e in entries}
+    todo = [e for e in entries if known.get(e.path) != (e.bytes, e.mtime_ns) and old_skip_at.get(e.path) != (e.bytes, e.mtime_ns)]
+    redo = {e.path for e in todo}
+    # Skip records outside this folder stay; inside it, those of unchanged bad files stay.
+    keep_skips = [s for s in old_skips if not under(s.path, root) or (s.path in present and s.path not in redo)]
+    return IndexPlan(root, entries, todo, known, keep_skips, list(found_skips), old_skips)
+
+
+# ---- 2. engine ----------------------------------------------------------------------------------
+
+
+def local_engine(entries: Sequence[FileEntry], model: LazyModel, extraction: Extraction,
+                 advance: Callable[[int], None]) -> Iterator[EmbeddedBatch]:
+    """Decode in DataLoader worker processes, embed in this one (embed.py)."""
+    from .embed import embed_entries
+
+    return embed_entries(entries, model.get(), extraction.batch_size, extraction.workers, extraction.max_pixels,
+                         progress=advance)
+
+
+# ---- 3. shard writer ----------------------------------------------------------------------------
+
+
+class ShardWriter:
+    """Buffers embedded rows and writes them as shards, with the skip list, every `flush_rows`
+    rows or `flush_seconds` seconds."""
+
+    def __init__(self, store: IndexStore, keep_skips: list[Skipped], flush_rows: int, flush_seconds: float = SHARD_SECONDS):
+        self.store = store
+        self.keep_skips = keep_skips
+        self.new_skips: list[Skipped] = []
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.written = 0
+        self._rows: list = []
+        self._descriptors: list = []
+        self._last_flush = time.monotonic()
+
+    def add(self, batch: EmbeddedBatch) -> None:
+        self._rows.extend(batch.rows)
+        self._descriptors.append(batch.descriptors)
+        self.new_skips.extend(batch.skipped)
+        if len(self._rows) >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._rows:
+            import numpy as np
+
+            from .store import rows_to_table
+
+            # Taken out of the buffer before the write: a Ctrl-C landing after the shard is on
+            # disk must not make the interrupt handler's flush write the same rows again. One
+            # landing before the rename loses this shard's rows, which the next run embeds.
+            rows, descs = list(self._rows), list(self._descriptors)
+            self._rows.clear()
+            self._descriptors.clear()
+            self.store.write_shard(self.store.next_shard_number(), rows_to_table(rows, np.concatenate(descs)))
+            self.written += len(rows)
+        self.store.write_skipped(self.skips)
+        self._last_flush = time.monotonic()
+
+    @property
+    def skips(self) -> list[Skipped]:
+        return self.keep_skips + self.new_skips
+
+
+def flush_rows() -> int:
+    """Rows per shard: SHARD_ROWS, or $COPYSCAN_FLUSH_ROWS (smaller shards lose less to a kill)."""
+    text = os.environ.get(FLUSH_ROWS_ENV, "").strip()
+    if not text:
+        return SHARD_ROWS
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"{FLUSH_ROWS_ENV} must be a whole number of rows of at least 1, not {text!r}")
+    return int(text)
+
+
+# ---- 4. commit ----------------------------------------------------------------------------------
+
+
+def commit(store: IndexStore, info: ModelInfo, roots: list[str], skipped: int) -> tuple[int, str]:
+    """Build the FAISS file over every live row and write the manifest; returns (rows, FAISS type)."""
+    from . import ann
+    from .postprocess import describe_score, load_stored
+    from .score import references_of
+    from .store import descriptors_of
+
+    post = load_stored(store)
+    vectors = references_of(post, descriptors_of(store.read_table(["descriptor"])))
+    choice = ann.choose_index(len(vectors), vectors.shape[1])
+    index = ann.build_index(vectors, choice)
+    meta = store.save_faiss(index, choice.factory, choice.reason, choice.nprobe, len(vectors),
+                            describe_score(store.postprocess_entry()))
+    store.commit_manifest(info, len(vectors), skipped, meta, roots)
+    return len(vectors), choice.factory
+
+
+# ---- the job ------------------------------------------------------------------------------------
+
+
+def index_into(store: IndexStore, root: str, model: LazyModel | DescriptorModel | str,
+               extraction: Extraction | None = None, engine: Engine | None = None) -> IndexSummary:
+    """Run the index job for folder `root` into `store`, holding its lock."""
+    store.lock()
+    try:
+        return _index_locked(store, root, model if isinstance(model, LazyModel) else LazyModel(model, (extraction or Extraction()).device),
+                             extraction or Extraction(), engine or local_engine)
+    finally:
+        store.unlock()
+
+
+def _index_locked(store: IndexStore, root: str, model: LazyModel, extraction: Extraction, engine: Engine) -> IndexSummary:
+    clock = Throughput()
+    rows_per_shard = flush_rows()
+    info = model.identity()
+    store.check_model(info)
+    work = plan(store, root)
+    writer = ShardWriter(store, work.keep_skips + work.found_skips, rows_per_shard)
+    if work.todo:
+        store.start_manifest(info, [root])  # before any shard: a resumed run is checked against the same model
+        bar = progress_bar(extraction.progress, len(work.todo), f"indexing with {info.name}")
+        try:
+            with bar, _sigterm_as_interrupt():
+                for batch in engine(work.todo, model, extraction, bar.advance):
+                    clock.add(len(batch.rows))
+                    writer.add(batch)
+        except KeyboardInterrupt:
+            writer.flush()
+            raise Interrupted(
+                f"interrupted: {writer.written} images saved in {store.folder}; run the same command again to resume"
+            ) from None
+    if model.loaded:
+        info = model.get().info  # the runtime it ran on (onnxruntime for a torch model on a CPU)
+    elif store.exists():
+        # Not loaded here (nothing to embed, or an engine that loads it elsewhere): the manifest
+        # keeps the runtime the index records.
+        info = dataclasses.replace(info, runtime=store.stored_model().runtime or info.runtime)
+
+    summary = IndexSummary(str(store.folder), info.name, found=len(work.entries), unchanged=work.unchanged,
+                           skipped_record=str(store.skipped_path))
+    # Rows whose file is gone, or changed and now unreadable, are dropped.
+    now_bad = {s.path for s in writer.new_skips}
+    present = {e.path for e in work.entries}
+    dead = {p for p in work.known if under(p, root) and (p not in present or p in now_bad)}
+    summary.removed = len(dead)
+    summary.skipped = sorted((s for s in writer.skips if under(s.path, root)), key=lambda s: s.path)
+    if work.todo or dead or not _up_to_date(store, root, writer.skips, work.old_skips):
+        writer.flush()
+        store.compact(dead)  # also drops rows superseded by re-embedded files, which are not removals
+        summary.total, summary.faiss = commit(store, info, [root], len(writer.skips))
+    else:
+        manifest = store.read_manifest()
+        summary.total, summary.faiss = store.image_count(manifest), store.faiss_type(manifest)
+    summary.embedded = writer.written
+    summary.seconds = clock.seconds
+    summary.rate = clock.rate
+    return summary
+
+
+def _up_to_date(store: IndexStore, root: str, skips: list[Skipped], old_skips: list[Skipped]) -> bool:
+    """Whether an index with nothing to embed or drop needs no write at all: same skip list, this
+    folder among its roots, and a FAISS file that matches the shards."""
+    if not store.exists() or set(skips) != set(old_skips):
+        return False
+    manifest = store.read_manifest()
+    return root in store.roots(manifest) and store.faiss_is_fresh(manifest)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    # A polite kill (SIGTERM) saves work like Ctrl-C does.
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+__all__ = ["Engine", "FLUSH_ROWS_ENV", "IndexPlan", "SHARD_ROWS", "SHARD_SECONDS", "ShardWriter", "commit", "flush_rows",
+           "index_into", "local_engine", "plan"]

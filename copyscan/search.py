@@ -1,0 +1,172 @@
+"""Stage 6 (search): opening an index for searching, the query loop, and the pairs of dedupe.
+
+Every score comes out of FAISS already final (score.py's extra-column form) and every threshold
+is applied by the neighbour search itself (ann.search_above_flat): nothing here filters scores
+afterwards. A file is never its own match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import numpy as np
+
+from . import ann
+from .discover import FileEntry, Skipped
+from .extraction import Extraction
+from .group import Pairs
+from .models import is_registered
+from .postprocess import PostProcess, describe_score, load_stored, stored_threshold
+from .results import Match, QueryResult
+from .score import DEFAULT_THRESHOLD, pairs_of, queries_of, references_of, score_floor
+from .store import IndexStore, descriptors_of, paths_of
+
+if TYPE_CHECKING:
+    from .models.base import DescriptorModel
+
+
+@dataclass
+class LoadedIndex:
+    store: IndexStore
+    manifest: dict
+    index: object  # faiss.Index over every live row, in the score rule's reference form
+    paths: list[str]
+    post: PostProcess = field(default_factory=PostProcess)  # the index's stored post-processing
+
+    @property
+    def model_ref(self) -> str:
+        """What to pass to create_model to get the model that built this index."""
+        return model_ref(self.store, self.manifest)
+
+    @property
+    def threshold(self) -> float:
+        """The default threshold for this index's scores (see default_threshold)."""
+        return default_threshold(self.store, self.manifest)
+
+    @property
+    def score(self) -> str:
+        """What a score is, in words."""
+        return describe_score(self.store.postprocess_entry(self.manifest))
+
+
+def load_index(store: IndexStore) -> LoadedIndex:
+    """Open an index for searching; builds the FAISS index in memory if the file is stale."""
+    manifest = store.read_manifest()
+    post = load_stored(store)
+    fresh = store.faiss_is_fresh(manifest)
+    table = store.read_table([] if fresh else ["descriptor"])
+    if fresh:
+        index = store.load_faiss(manifest)
+    else:
+        index = ann.build_index(references_of(post, descriptors_of(table)))
+    return LoadedIndex(store, manifest, index, paths_of(table), post)
+
+
+def model_ref(store: IndexStore, manifest: dict | None = None) -> str:
+    """The registered name of the index's model, else the file it was loaded from."""
+    m = store.stored_model(manifest)
+    return m.name if is_registered(m.name) else m.source
+
+
+def default_threshold(store: IndexStore, manifest: dict | None = None) -> float:
+    """DEFAULT_THRESHOLD for cosines; with post-processing, the score that 1 in 100,000 pairs of
+    background images reaches (recorded when it was fitted): normalised scores are on another scale."""
+    suggested = stored_threshold(store.postprocess_entry(manifest))
+    return DEFAULT_THRESHOLD if suggested is None else suggested
+
+
+# ---- query: new images against the index --------------------------------------------------------
+
+
+def query_batches(loaded: LoadedIndex, entries: Sequence[FileEntry], model: DescriptorModel, extraction: Extraction,
+                  top_k: int, threshold: float, advance=None) -> Iterator[tuple[list[QueryResult], list[Skipped]]]:
+    """Embed `entries` batch by batch and match each against the index: per batch, the results
+    (up to `top_k` matches scoring at least `threshold`; -1 keeps every top-k) and the skipped files."""
+    from .embed import embed_entries
+
+    floor = score_floor(threshold)
+    for batch in embed_entries(entries, model, extraction.batch_size, extraction.workers, extraction.max_pixels,
+                               progress=advance):
+        if not batch.rows:
+            yield [], batch.skipped
+            continue
+        queries = queries_of(loaded.post, batch.descriptors)
+        # One more than asked: the query itself may be in the index.
+        rows, ids, scores = ann.search_above_flat(loaded.index, queries, floor, k=top_k + 1, max_k=top_k + 1)
+        bounds = np.searchsorted(rows, np.arange(len(queries) + 1))
+        results = []
+        for q, row in enumerate(batch.rows):
+            result = QueryResult(row.path, width=row.width, height=row.height)
+            for i, s in zip(ids[bounds[q]:bounds[q + 1]].tolist(), scores[bounds[q]:bounds[q + 1]].tolist()):
+                if loaded.paths[i] == row.path or len(result.matches) == top_k:
+                    continue
+                result.matches.append(Match(loaded.paths[i], float(s), len(result.matches) + 1))
+            results.append(result)
+        yield results, batch.skipped
+
+
+# ---- pairs: images of a collection against each other --------------------------------------------
+
+
+def find_pairs(vectors: np.ndarray, threshold: float, query_rows: np.ndarray | None = None) -> Pairs:
+    """All pairs (i < j) of `vectors` whose inner product is at least `threshold`, by neighbour
+    search: never an N x N matrix. Vectors are used as given (cosines for L2-normalised ones).
+
+    `query_rows` limits the search to the pairs with at least one end among those rows (new
+    images against a whole collection; a sample, to time a large run).
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if len(vectors) < 2:
+        return Pairs.empty()
+    rows = np.arange(len(vectors)) if query_rows is None else np.asarray(query_rows, dtype=np.int64)
+    return pairs_in(ann.build_index(vectors), vectors[rows], rows, threshold, len(vectors))
+
+
+def collection_pairs(loaded: LoadedIndex, rows: np.ndarray, descriptors: np.ndarray, threshold: float) -> Pairs:
+    """Pairs among the index rows `rows` (a folder of the index; `descriptors` their stored
+    descriptors) scoring at least `threshold`, found in the loaded FAISS index: no second index
+    is built. Numbered 0.. in `rows` order."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) < 2:
+        return Pairs.empty()
+    queries = pairs_of(loaded.post, descriptors)
+    local = np.full(len(loaded.paths), -1, dtype=np.int64)
+    local[rows] = np.arange(len(rows))
+    found = pairs_in(loaded.index, queries, rows, threshold, len(loaded.paths), keep=local >= 0)
+    if len(found) == 0:
+        return found
+    # Numbered within the folder; first < second still holds, as `rows` is increasing.
+    return Pairs(local[found.first], local[found.second], found.score)
+
+
+def pairs_in(index, queries: np.ndarray, rows: np.ndarray, threshold: float, n: int,
+             keep: np.ndarray | None = None) -> Pairs:
+    """Pairs (row, hit) from searching `index` with `queries` (the vectors of index rows `rows`).
+
+    Hits stream batch by batch into flat numpy arrays (no Python object per pair). A pair found
+    from both ends is kept once, with the higher of its two scores (they can differ in the last
+    bits of a float32). `keep` (a mask over index rows) drops hits outside it.
+    """
+    firsts: list[np.ndarray] = []
+    seconds: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    for start in range(0, len(rows), ann.SEARCH_BATCH):
+        batch = rows[start:start + ann.SEARCH_BATCH]
+        hit_rows, ids, found = ann.search_above_flat(index, queries[start:start + ann.SEARCH_BATCH], threshold)
+        hit_rows = batch[hit_rows]
+        other = hit_rows != ids  # an image is its own best neighbour
+        if keep is not None:
+            other &= keep[ids]
+        hit_rows, ids = hit_rows[other], ids[other]
+        firsts.append(np.minimum(hit_rows, ids))
+        seconds.append(np.maximum(hit_rows, ids))
+        scores.append(found[other])
+    if not firsts:
+        return Pairs.empty()
+    both_ends = Pairs(np.concatenate(firsts), np.concatenate(seconds), np.concatenate(scores))
+    return both_ends.best_per_pair(n)
+
+
+__all__ = ["LoadedIndex", "collection_pairs", "default_threshold", "find_pairs", "load_index", "model_ref", "pairs_in",
+           "query_batches"]
