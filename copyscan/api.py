@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from .background import PostOptions, configure
 from .discover import discover, display_path, resolve_root, under
-from .errors import Interrupted
+from .errors import Interrupted, UserError
 from .extraction import Extraction
 from .indexing import commit, index_into
 from .models import DEFAULT_MODEL, LazyModel
@@ -57,6 +57,9 @@ def index_folder(
     model: str | os.PathLike | DescriptorModel = DEFAULT_MODEL,
     extraction: Extraction | None = None,
     post: PostOptions | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    memory_budget: int | str | None = None,
 ) -> IndexSummary:
     """Embed new and changed images under `folder` into the index; drop rows of removed files.
 
@@ -64,15 +67,32 @@ def index_folder(
     that failed before and have not changed; a folder with nothing new loads no model.
     Interrupting keeps finished shards: the next run resumes where this one stopped. `post` sets
     up (or switches off) whitening and score normalisation, kept in the index for later queries
-    (see copyscan.background).
+    (see copyscan.background). `engine` "ray" runs decoding and embedding on a Ray cluster
+    (`ray_address`, default: a local one; copyscan.engines.ray_engine). `memory_budget` (bytes or
+    "8G"; default a share of the memory available) decides the FAISS index (index_choice).
     """
+    from .index_choice import parse_size
+
     extraction = extraction or Extraction()
     root = resolve_root(folder)
     store = _store(index_dir)
     lazy = LazyModel(model, extraction.device)
+    budget = parse_size(memory_budget)
     if post is not None and post.given():
         _set_postprocess(store, lazy, post, root, extraction, rebuild=False)
-    return index_into(store, root, lazy, extraction)
+    return index_into(store, root, lazy, extraction, engine=_engine(engine, store, ray_address), memory_budget=budget)
+
+
+def _engine(name: str, store: IndexStore, ray_address: str | None):
+    if name == "local":
+        if ray_address:
+            raise UserError("--ray-address goes with --engine ray")
+        return None
+    if name == "ray":
+        from .engines.ray_engine import RayEngine
+
+        return RayEngine(store.folder, address=ray_address)
+    raise UserError(f"--engine must be local or ray, not {name!r}")
 
 
 def _set_postprocess(store: IndexStore, model: LazyModel, post: PostOptions, folder: str, extraction: Extraction,
@@ -174,12 +194,21 @@ def dedupe(
     extraction: Extraction | None = None,
     report: bool = True,
     post: PostOptions | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    memory_budget: int | str | None = None,
 ) -> DedupeSummary:
     """Find groups of copies inside `folder`: OUT/groups.csv, OUT/groups.json, OUT/report.html.
 
     The folder is first indexed (incrementally) into the index; nothing in it is modified. The
-    pairs are searched in the FAISS file that indexing left, not in a second index.
+    pairs are searched in the FAISS file that indexing left, not in a second index; with
+    `engine` "ray", a `memory_budget`, or a very large folder, in slices against an index of the
+    folder sized by the budget, the pairs on disk (copyscan.dedupe_scale).
     """
+    from .dedupe_scale import SLICED_FROM, sliced_groups
+    from .index_choice import parse_size
+    from .score import pairs_of, references_of
+
     import numpy as np
 
     from .group import Item, build_groups
@@ -190,12 +219,22 @@ def dedupe(
     store = _store(index_dir)
     if model is None:
         model = model_ref(store) if store.exists() else DEFAULT_MODEL
-    index_summary = index_folder(root, index_dir=store.folder, model=model, extraction=extraction, post=post)
+    budget = parse_size(memory_budget)
+    index_summary = index_folder(root, index_dir=store.folder, model=model, extraction=extraction, post=post,
+                                 engine=engine, ray_address=ray_address, memory_budget=budget)
     loaded = _load(store)
     threshold = loaded.threshold if threshold is None else threshold
     table = store.read_table(["width", "height", "bytes", "content_hash", "pixel_hash", "descriptor"])
     rows = np.asarray([i for i, p in enumerate(paths_of(table)) if under(p, root)], dtype=np.int64)
     table = table.take(rows)
+    if engine == "ray" or budget is not None or len(rows) >= SLICED_FROM:
+        descriptors = descriptors_of(table)
+        references = references_of(loaded.post, descriptors)
+        queries = pairs_of(loaded.post, descriptors)
+        groups = sliced_groups(table, paths_of(table), references, None if np.array_equal(queries, references) else queries,
+                               threshold=threshold, output=Path(output), source=store.faiss_fingerprint(loaded.manifest),
+                               engine=engine, ray_address=ray_address, memory_budget=budget)
+        return _dedupe_outputs(output, index_summary, loaded, root, threshold, len(rows), groups, report, clock)
     items = [
         Item(p, w, h, b, ch, ph)
         for p, w, h, b, ch, ph in zip(
@@ -205,9 +244,14 @@ def dedupe(
     ]
     pairs = collection_pairs(loaded, rows, descriptors_of(table), threshold)
     groups = build_groups(items, pairs)
+    return _dedupe_outputs(output, index_summary, loaded, root, threshold, len(items), groups, report, clock)
+
+
+def _dedupe_outputs(output, index_summary: IndexSummary, loaded: LoadedIndex, root: str, threshold: float, images: int,
+                    groups: list, report: bool, clock: Throughput) -> DedupeSummary:
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    summary = DedupeSummary(str(out), index_summary, len(items), groups, score=loaded.score)
+    summary = DedupeSummary(str(out), index_summary, images, groups, score=loaded.score)
     summary.copies = sum(len(g.copies) for g in groups)
     summary.exact_copies = sum(1 for g in groups for c in g.copies if c.match != "near")
     summary.csv_path = str(out / GROUPS_CSV)
@@ -218,7 +262,7 @@ def dedupe(
 
         figures = {
             "Model": index_summary.model, "Folder": display_path(root), "Score": summary.score, "Threshold": threshold,
-            "Images": len(items), "Groups": len(groups), "Copies": summary.copies, "Exact copies": summary.exact_copies,
+            "Images": images, "Groups": len(groups), "Copies": summary.copies, "Exact copies": summary.exact_copies,
             "Skipped files": len(index_summary.skipped),
         }
         summary.report_path = str(write_dedupe_report(out, groups, figures, max_items=REPORT_ITEMS))

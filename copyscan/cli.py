@@ -77,6 +77,9 @@ def _esc(text: str) -> str:
     return display_path(text).replace("[", r"\[")
 
 
+EngineOpt = typer.Option("local", "--engine", help="Where decoding and embedding run (and dedupe's pair search): local, or ray (a Ray cluster; pip install \"copyscan[ray]\").")
+RayAddressOpt = typer.Option(None, "--ray-address", help="Ray cluster to join with --engine ray [default: $RAY_ADDRESS, else a new local one].", show_default=False)
+BudgetOpt = typer.Option(None, "--memory-budget", help="Memory the search index may take (e.g. 8G, 512M): picks Flat, IVF-Flat, IVF-SQ8, IVF-PQ or on-disk lists [default: a quarter of the memory available].", show_default=False)
 DirArg = typer.Argument(..., help="Folder of images (searched recursively).", show_default=False)
 IndexOpt = typer.Option(None, "--index-dir", "--index", help="Index folder [default: $COPYSCAN_INDEX_DIR or ./.copyscan/index].")
 ModelOpt = typer.Option(None, "--model", "-m", help="Registered model name (see `copyscan models`) or a model file path.")
@@ -118,12 +121,16 @@ def index(
     score_norm: Optional[bool] = ScoreNormOpt,
     whiten_dim: Optional[int] = WhitenDimOpt,
     beta: Optional[float] = BetaOpt,
+    engine: str = EngineOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    memory_budget: Optional[str] = BudgetOpt,
 ) -> None:
     """Embed the images of FOLDER into an index (only new or changed files; removed ones are dropped)."""
     from .api import index_folder
 
     s = _run(index_folder, folder, index_dir=index_dir, model=model or DEFAULT_MODEL,
-             extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta))
+             extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta),
+             engine=engine, ray_address=ray_address, memory_budget=memory_budget)
     _print_index_summary(s)
 
 
@@ -173,12 +180,16 @@ def dedupe(
     score_norm: Optional[bool] = ScoreNormOpt,
     whiten_dim: Optional[int] = WhitenDimOpt,
     beta: Optional[float] = BetaOpt,
+    engine: str = EngineOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    memory_budget: Optional[str] = BudgetOpt,
 ) -> None:
     """Find groups of copies inside FOLDER and choose the image to keep in each. Nothing is moved or deleted."""
     from .api import dedupe as run_dedupe
 
     s = _run(run_dedupe, folder, output=output, threshold=threshold, index_dir=index_dir, model=model,
-             extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta))
+             extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta),
+             engine=engine, ray_address=ray_address, memory_budget=memory_budget)
     _print_index_summary(s.index)
     out.print(
         f"[bold]{len(s.groups)}[/] groups of copies among {s.images} images: {s.copies} copies "

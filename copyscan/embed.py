@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .decode import DEFAULT_MAX_PIXELS, DecodeError, decode_file
+from .decode import DEFAULT_MAX_PIXELS, decode_or_reason
 from .discover import FileEntry, Skipped
 from .models.base import DescriptorModel
 from .store import Row
@@ -56,13 +56,9 @@ class _Files(Dataset):
         return len(self.entries)
 
     def __getitem__(self, i: int):
-        entry = self.entries[i]
-        try:
-            d = decode_file(entry.path, self.size, self.max_pixels)
-        except DecodeError as exc:
-            return i, None, str(exc)
-        except Exception as exc:  # a decoder bug must cost one file, not the run
-            return i, None, f"unexpected decoder error: {type(exc).__name__}: {exc}"
+        d, reason = decode_or_reason(self.entries[i].path, self.size, self.max_pixels)
+        if d is None:
+            return i, None, reason
         return i, d.pixels, (d.width, d.height, d.content_hash, d.pixel_hash)
 
 
@@ -78,6 +74,7 @@ class EmbeddedBatch:
     rows: list[Row]
     descriptors: np.ndarray  # (len(rows), dim) float32
     skipped: list[Skipped]
+    stored: int = 0  # rows an engine's own workers already wrote as shards (not in `rows`)
 
 
 def embed_entries(

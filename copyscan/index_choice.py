@@ -108,8 +108,11 @@ def human(n: float) -> str:
 
 
 def ivf_lists(n: int) -> int:
-    """nlist = 4 * sqrt(N) rounded to a power of two (faiss's guideline 4-16 sqrt(N)), at least 1."""
-    return max(1, 2 ** int(round(math.log2(max(1.0, 4 * math.sqrt(max(n, 1)))))))
+    """nlist = 4 * sqrt(N) rounded to a power of two (faiss's guideline 4-16 sqrt(N)), with at
+    least 39 training points a list (below that k-means warns or fails), at least 1."""
+    rule = 2 ** int(round(math.log2(max(1.0, 4 * math.sqrt(max(n, 1))))))
+    cap = 2 ** int(math.log2(max(1, n // 39)))
+    return max(1, min(rule, cap))
 
 
 def default_nprobe(nlist: int) -> int:
@@ -191,7 +194,7 @@ def build_index(plan: IndexPlan, vectors: np.ndarray, *, ondisk_path: str | None
     if "PQ" in plan.factory:
         # PQ's 256-centroid k-means per sub-quantiser on the whole sample takes minutes on a small
         # machine (faiss 1.15, 2 cores: 170 s for 50k vectors); 64 points a centroid are enough.
-        pq = faiss.extract_index_ivf(index).pq
+        pq = faiss.downcast_index(faiss.extract_index_ivf(index)).pq
         pq.cp.max_points_per_centroid = 64
     if not index.is_trained:
         rng = np.random.default_rng(seed)
@@ -201,6 +204,8 @@ def build_index(plan: IndexPlan, vectors: np.ndarray, *, ondisk_path: str | None
     if plan.kind == "on-disk":
         if not ondisk_path:
             raise ValueError("the on-disk index needs ondisk_path")
+        if os.path.exists(ondisk_path):
+            os.unlink(ondisk_path)  # a previous build's lists: this one starts empty
         ivf = faiss.extract_index_ivf(index)
         lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, ondisk_path)
         # The index owns the lists from here (freed with it), so Python must not free them too.

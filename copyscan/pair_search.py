@@ -50,40 +50,48 @@ class SliceJob:
     margin: float
     nprobe: int
     out_path: str
+    queries_path: str = ""  # the rows' query form, where it differs from the indexed vectors
     mmap: bool = True  # map the index file; not for the on-disk kind, whose lists are mapped already
 
 
 def rescore(vectors: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """The exact inner product of each pair of rows, computed in chunks (float32)."""
-    out = np.empty(len(first), np.float32)
-    for a in range(0, len(first), RESCORE_CHUNK):
+    return rescore_between(vectors, first, vectors, second)
+
+
+def rescore_between(queries: np.ndarray, rows: np.ndarray, references: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The exact inner product of queries[rows[k]] and references[ids[k]], in chunks (float32)."""
+    out = np.empty(len(rows), np.float32)
+    for a in range(0, len(rows), RESCORE_CHUNK):
         b = a + RESCORE_CHUNK
-        left = np.asarray(vectors[first[a:b]], np.float32)
-        right = np.asarray(vectors[second[a:b]], np.float32)
-        out[a:b] = np.einsum("ij,ij->i", left, right)
+        out[a:b] = np.einsum("ij,ij->i", np.asarray(queries[rows[a:b]], np.float32),
+                             np.asarray(references[ids[a:b]], np.float32))
     return out
 
 
-def search_rows(index, vectors: np.ndarray, rows: np.ndarray, threshold: float, margin: float) -> Pairs:
-    """Pairs (first < second) with an end among `rows` (sorted row numbers) scoring at least `threshold`."""
+def search_rows(index, vectors: np.ndarray, rows: np.ndarray, threshold: float, margin: float,
+                queries: np.ndarray | None = None) -> Pairs:
+    """Pairs (first < second) with an end among `rows` (sorted row numbers) scoring at least
+    `threshold`. `vectors` are the indexed (reference) vectors; `queries` the same rows in the
+    form a collection searches itself with (score.pair_vectors), when that differs."""
     from . import ann
 
+    queries = vectors if queries is None else queries
     firsts, seconds, scores = [], [], []
     for a in range(0, len(rows), ann.SEARCH_BATCH):
         batch = rows[a:a + ann.SEARCH_BATCH]
         contiguous = len(batch) and batch[-1] - batch[0] == len(batch) - 1
-        block = vectors[batch[0]:batch[-1] + 1] if contiguous else vectors[batch]
-        hit, ids, found = ann.search_above_flat(index, np.ascontiguousarray(block, dtype=np.float32), threshold - margin)
+        block = np.ascontiguousarray(queries[batch[0]:batch[-1] + 1] if contiguous else queries[batch], dtype=np.float32)
+        hit, ids, found = ann.search_above_flat(index, block, threshold - margin)
+        if margin > 0:  # approximate scores: the exact score decides
+            found = rescore_between(block, hit, vectors, ids)
+            keep = found >= threshold
+            hit, ids, found = hit[keep], ids[keep], found[keep]
         hit = batch[hit]
         other = hit != ids  # an image is its own best neighbour
         hit, ids, found = hit[other], ids[other], found[other]
-        first, second = np.minimum(hit, ids), np.maximum(hit, ids)
-        if margin > 0:  # approximate scores: the exact cosine decides
-            found = rescore(vectors, first, second)
-            keep = found >= threshold
-            first, second, found = first[keep], second[keep], found[keep]
-        firsts.append(first)
-        seconds.append(second)
+        firsts.append(np.minimum(hit, ids))
+        seconds.append(np.maximum(hit, ids))
         scores.append(found.astype(np.float32))
     if not firsts:
         return Pairs.empty()
@@ -111,8 +119,9 @@ def run_slice(job: SliceJob, index=None) -> int:
     rewrites the same file, so a retried task never doubles a pair."""
     index = index if index is not None else open_index(job.index_path, job.nprobe, job.mmap)
     vectors = open_vectors(job.vectors_path)
-    pairs = search_rows(index, vectors, np.arange(job.start, job.stop), job.threshold, job.margin)
-    del vectors  # unmap: the pages this slice touched leave the process
+    queries = open_vectors(job.queries_path) if job.queries_path else None
+    pairs = search_rows(index, vectors, np.arange(job.start, job.stop), job.threshold, job.margin, queries)
+    del vectors, queries  # unmap: the pages this slice touched leave the process
     table = pa.table({"first": pairs.first, "second": pairs.second, "score": pairs.score.astype(np.float32)},
                      schema=PAIR_SCHEMA)
     tmp = job.out_path + f".{os.getpid()}.tmp"
@@ -143,6 +152,10 @@ class PairSearch:
         return self.work / "index.faiss"
 
     @property
+    def queries_path(self) -> Path:
+        return self.work / "queries.npy"
+
+    @property
     def pair_dir(self) -> Path:
         return self.work / "pairs"
 
@@ -152,7 +165,8 @@ class PairSearch:
     def all_jobs(self) -> list[SliceJob]:
         return [
             SliceJob(str(self.vectors_path), str(self.index_path), start, min(self.n, start + self.slice_rows),
-                     self.threshold, self.margin, self.nprobe, str(self.slice_path(number)), self.kind != "on-disk")
+                     self.threshold, self.margin, self.nprobe, str(self.slice_path(number)),
+                     str(self.queries_path) if self.queries_path.exists() else "", self.kind != "on-disk")
             for number, start in enumerate(range(0, self.n, self.slice_rows))
         ]
 
@@ -169,7 +183,7 @@ class PairSearch:
 
 
 def prepare(work: str | os.PathLike, vectors: np.ndarray, *, threshold: float, budget: int | None = None,
-            slice_rows: int = SLICE_ROWS, source: str = "", plan=None) -> PairSearch:
+            slice_rows: int = SLICE_ROWS, source: str = "", plan=None, queries: np.ndarray | None = None) -> PairSearch:
     """Lay out a pair search over `vectors` in `work`: the vectors file, the index the memory
     budget allows, its margin. A work folder already holding the same search (same source,
     threshold, size) is reused as it is, so that an interrupted search resumes."""
@@ -190,11 +204,10 @@ def prepare(work: str | os.PathLike, vectors: np.ndarray, *, threshold: float, b
     for old in (probe.pair_dir.glob("pairs-*.parquet") if probe.pair_dir.is_dir() else []):
         old.unlink()  # another search's pairs
     if not (isinstance(vectors, np.memmap) and Path(vectors.filename) == probe.vectors_path):
-        out = np.lib.format.open_memmap(probe.vectors_path, mode="w+", dtype=np.float32, shape=(n, dim))
-        for a in range(0, n, RESCORE_CHUNK):
-            out[a:a + RESCORE_CHUNK] = vectors[a:a + RESCORE_CHUNK]
-        out.flush()
-        del out
+        _write_npy(probe.vectors_path, vectors)
+    probe.queries_path.unlink(missing_ok=True)
+    if queries is not None:
+        _write_npy(probe.queries_path, queries)
     mapped = open_vectors(str(probe.vectors_path))
     index = build_index(plan, mapped, ondisk_path=str(work / "index.ivfdata"))
     margin = margin_for(plan, index, mapped)
@@ -203,6 +216,14 @@ def prepare(work: str | os.PathLike, vectors: np.ndarray, *, threshold: float, b
     search = PairSearch(work, n, float(threshold), margin, plan.nprobe, slice_rows, source, plan.kind)
     search.save()
     return search
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=array.shape)
+    for a in range(0, len(array), RESCORE_CHUNK):
+        out[a:a + RESCORE_CHUNK] = array[a:a + RESCORE_CHUNK]
+    out.flush()
+    del out
 
 
 def _saved(work: Path) -> dict | None:

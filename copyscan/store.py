@@ -41,11 +41,15 @@ from .version import __version__
 
 FORMAT = "copyscan-index"
 FORMAT_VERSION = 1
-SHARD_RE = re.compile(r"^part-(\d{6,})\.parquet$")
+# part-NNNNNN.parquet from the local writer; part-NNNNNN-TAG.parquet from a distributed engine's
+# tasks, which share the run's number NNNNNN and tell their shards apart by TAG (a digest of the
+# rows' paths, so that a retried task rewrites its own shard instead of adding a second one).
+SHARD_RE = re.compile(r"^part-(\d{6,})(?:-([0-9a-f]{8,64}))?\.parquet$")
 MANIFEST_FILE = "manifest.json"
 SHARD_DIR = "shards"
 SKIPPED_FILE = "skipped.csv"
 FAISS_FILE = "index.faiss"
+ONDISK_LISTS_FILE = "index.ivfdata"
 LOCK_FILE = "copyscan.lock"
 POST_FILE = "postprocess.npz"
 BACKGROUND_DIR = "background"
@@ -215,15 +219,16 @@ class IndexStore:
         if not self.shard_dir.is_dir():
             return []
         shards = [p for p in self.shard_dir.iterdir() if SHARD_RE.match(p.name)]
-        return sorted(shards, key=lambda p: int(SHARD_RE.match(p.name).group(1)))
+        return sorted(shards, key=_shard_order)
 
     def next_shard_number(self) -> int:
         shards = self.shard_paths()
         return int(SHARD_RE.match(shards[-1].name).group(1)) + 1 if shards else 0
 
-    def write_shard(self, number: int, table: pa.Table) -> Path:
+    def write_shard(self, number: int, table: pa.Table, tag: str | None = None) -> Path:
+        """Shard `number` (one run's number for all its tagged shards; `tag` hex, see SHARD_RE)."""
         self.shard_dir.mkdir(parents=True, exist_ok=True)
-        target = self.shard_dir / f"part-{number:06d}.parquet"
+        target = self.shard_dir / (f"part-{number:06d}-{tag}.parquet" if tag else f"part-{number:06d}.parquet")
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         atomic_write_bytes(target, sink.getvalue().to_pybytes())
@@ -401,15 +406,25 @@ class IndexStore:
         return (self.faiss_path.exists() and meta.get("layout") == FAISS_LAYOUT
                 and meta.get("shards_fingerprint") == self.faiss_fingerprint(manifest))
 
-    def save_faiss(self, index: Any, kind: str, rule: str, nprobe: int, count: int, score: str) -> dict[str, Any]:
-        """Write the FAISS file atomically; returns its manifest entry (for write_manifest)."""
+    def save_faiss(self, index: Any, kind: str, rule: str, nprobe: int, count: int, score: str,
+                   margin: float = 0.0, kind_name: str = "") -> dict[str, Any]:
+        """Write the FAISS file atomically; returns its manifest entry (for write_manifest).
+        `margin`: how far below the exact score the index's scores may be (0: exact scores)."""
         from . import ann
 
         tmp = self._faiss_tmp_path()
         ann.save_index(index, str(tmp))
         os.replace(tmp, self.faiss_path)
         return {"type": kind, "rule": rule, "nprobe": nprobe, "count": count, "score": score, "layout": FAISS_LAYOUT,
-                "shards_fingerprint": self.faiss_fingerprint()}
+                "margin": margin, "choice": kind_name, "shards_fingerprint": self.faiss_fingerprint()}
+
+    def ondisk_lists_path(self) -> Path:
+        """Where an on-disk FAISS index (index_choice) keeps its inverted lists."""
+        return self.folder / ONDISK_LISTS_FILE
+
+    def faiss_margin(self, manifest: dict[str, Any] | None = None) -> float:
+        """0 for an index with exact scores; else the margin its approximate scores need."""
+        return float(self.faiss_meta(manifest).get("margin") or 0.0)
 
     def load_faiss(self, manifest: dict[str, Any] | None = None) -> Any:
         """The stored FAISS index, searched with the nprobe recorded when it was built."""
@@ -473,6 +488,12 @@ def _read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
     # in pandas (0.2-0.7 s of every command here, more than reading the shards).
     with pq.ParquetFile(path) as fh:
         return fh.read(columns=columns)
+
+
+def _shard_order(path: Path) -> tuple[int, str]:
+    # Shards of one run (same number) never hold the same path twice, so their order is moot.
+    m = SHARD_RE.match(path.name)
+    return int(m.group(1)), m.group(2) or ""
 
 
 def _digest(text: str) -> str:
