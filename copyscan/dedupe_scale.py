@@ -24,11 +24,11 @@ SLICED_FROM = 1_000_000  # images from which dedupe searches in slices even when
 WORK_DIR = "pairs"
 
 
-def sliced_groups(table: pa.Table, paths: list[str], references: np.ndarray, queries: np.ndarray | None, *,
+def sliced_groups(table: pa.Table, references: np.ndarray, queries: np.ndarray | None, *,
                   threshold: float, output: Path, source: str, engine: str = "local", ray_address: str | None = None,
                   memory_budget: int | None = None) -> list[Group]:
-    """Groups of the folder rows in `table` (columns width, height, bytes, content_hash,
-    pixel_hash; `paths` theirs), from `references` (the indexed form of their vectors) searched
+    """Groups of the folder rows in `table` (columns path_bytes, width, height, bytes,
+    content_hash, pixel_hash: no Python object per row), from `references` (the indexed form of their vectors) searched
     with `queries` (their pair form, when it differs)."""
     work = Path(output) / WORK_DIR
     search = prepare(work, references, threshold=threshold, budget=memory_budget, source=source, queries=queries)
@@ -38,7 +38,7 @@ def sliced_groups(table: pa.Table, paths: list[str], references: np.ndarray, que
         run_slices(search, address=ray_address)
     else:
         run_local(search)
-    items = ItemColumns(paths, table.column("width").to_numpy(), table.column("height").to_numpy(),
+    items = ItemColumns(table.column("path_bytes"), table.column("width").to_numpy(), table.column("height").to_numpy(),
                         table.column("bytes").to_numpy(), table.column("content_hash"), table.column("pixel_hash"))
     groups = build_groups_streamed(items, read_pairs(search.files()), threshold)
     for scratch in (search.vectors_path, search.queries_path, search.index_path, work / "index.ivfdata"):

@@ -12,6 +12,7 @@ millions of images neither is needed whole:
 
 from __future__ import annotations
 
+import os
 from typing import Iterable
 
 import numpy as np
@@ -26,7 +27,8 @@ COMPACT_EVERY = 1 << 22  # links gathered before they are reduced again (~100 MB
 class ItemColumns:
     """A read-only sequence of `Item`s over Arrow columns; an Item is built on access."""
 
-    def __init__(self, paths: list[str] | pa.Array, width, height, nbytes, content_hash, pixel_hash):
+    def __init__(self, paths, width, height, nbytes, content_hash, pixel_hash):
+        """`paths`: a list of str, or an Arrow column of str or of path bytes (store's path_bytes)."""
         self.paths = paths
         self.width = np.asarray(width, np.int64)
         self.height = np.asarray(height, np.int64)
@@ -44,7 +46,8 @@ class ItemColumns:
 
 def _str(column, i: int) -> str:
     value = column[i]
-    return value.as_py() if isinstance(value, pa.Scalar) else value
+    value = value.as_py() if isinstance(value, pa.Scalar) else value
+    return os.fsdecode(value) if isinstance(value, bytes) else value  # a path_bytes column: the exact name
 
 
 def _codes(column) -> np.ndarray:
