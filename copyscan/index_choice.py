@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -211,10 +212,33 @@ def build_index(plan: IndexPlan, vectors: np.ndarray, *, ondisk_path: str | None
         # The index owns the lists from here (freed with it), so Python must not free them too.
         ivf.replace_invlists(lists, True)
         lists.this.disown()
-    for start in range(0, n, BUILD_CHUNK):
-        index.add(np.ascontiguousarray(vectors[start:start + BUILD_CHUNK], dtype=np.float32))
+    with _quiet_stdout() if plan.kind == "on-disk" else nullcontext():
+        for start in range(0, n, BUILD_CHUNK):
+            index.add(np.ascontiguousarray(vectors[start:start + BUILD_CHUNK], dtype=np.float32))
     set_nprobe(index, plan.nprobe)
     return index
+
+
+@contextmanager
+def _quiet_stdout():
+    """Silence C-level stdout: OnDiskInvertedLists prints a "resizing ..." line each time its file
+    grows, and has no switch for it."""
+    import sys
+
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
 
 
 def set_nprobe(index, nprobe: int) -> None:

@@ -151,3 +151,19 @@ def test_approximate_index_reports_exact_scores(photos, tiny_model_path, monkeyp
         return sorted(tuple(line.split(",")[:3]) for line in path.read_text().splitlines()[1:])
 
     assert scored(photos / "q1" / "matches.csv") == scored(photos / "q2" / "matches.csv")
+
+
+def test_cli_refuses_bad_engine_and_budget(photos, tiny_model_path):
+    from typer.testing import CliRunner
+
+    from copyscan.cli import app
+
+    folder, index = str(photos / "photos"), str(photos / "idx")
+    bad_engine = CliRunner().invoke(app, ["index", folder, "--index-dir", index, "-m", str(tiny_model_path), "--engine", "spark"])
+    assert bad_engine.exit_code == 1 and "--engine must be local or ray" in bad_engine.output
+    bad_budget = CliRunner().invoke(app, ["dedupe", folder, "--index-dir", index, "--memory-budget", "lots"])
+    assert bad_budget.exit_code == 1 and "--memory-budget 'lots' is not a size" in bad_budget.output
+    ok = CliRunner().invoke(app, ["index", folder, "--index-dir", index, "-m", str(tiny_model_path), "-q", "--workers", "0",
+                                  "--memory-budget", "1G"])
+    assert ok.exit_code == 0, ok.output
+    assert IndexStore(index).read_manifest()["faiss"]["rule"].startswith("budget 1.0 GB: Flat")

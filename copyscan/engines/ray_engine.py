@@ -139,6 +139,15 @@ def write_shard(batch: dict[str, np.ndarray], *, index_dir: str, number: int) ->
 # ---- the engine (runs in the driver) ---------------------------------------------------------------
 
 
+def _quiet_progress(ray) -> None:
+    """copyscan draws its own progress bar; Ray Data's (and its per-operator log lines) would
+    interleave with it on the terminal."""
+    import logging
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
 class RayEngine:
     """An indexing.Engine: `RayEngine(index_dir, address=...)` passed to indexing.index_into.
 
@@ -161,6 +170,7 @@ class RayEngine:
 
         ray = import_ray()
         started = connect(self.address)
+        _quiet_progress(ray)
         try:
             number = IndexStore(self.index_dir).next_shard_number()  # the driver holds the lock
             info = model.identity()
