@@ -232,7 +232,7 @@ def dedupe(
         references = references_of(loaded.post, descriptors)
         queries = pairs_of(loaded.post, descriptors)
         groups = sliced_groups(table, references, None if np.array_equal(queries, references) else queries,
-                               threshold=threshold, output=Path(output), source=store.faiss_fingerprint(loaded.manifest),
+                               threshold=threshold, output=Path(output), source=f"{root}|{store.faiss_fingerprint(loaded.manifest)}",
                                engine=engine, ray_address=ray_address, memory_budget=budget)
         return _dedupe_outputs(output, index_summary, loaded, root, threshold, len(rows), groups, report, clock)
     items = [
