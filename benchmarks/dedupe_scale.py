@@ -131,9 +131,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--write", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args)))
+        return
+    if args.write:
+        write_case(Path(args.work), int(args.n), args.dim, args.dup_fraction)
         return
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from dedupe_memory import parse_case
@@ -141,7 +145,10 @@ def main() -> None:
     n, dim = parse_case(f"{args.n}:{args.dim}")
     work = Path(tempfile.mkdtemp(prefix="copyscan-dedupe-scale-"))
     t0 = time.perf_counter()
-    write_case(work, n, dim, args.dup_fraction)
+    # The data are made in a process of their own: a child's ru_maxrss starts at its parent's
+    # resident size when it forks, so the measuring child must come from a small parent.
+    subprocess.run([sys.executable, __file__, "--write", "--work", str(work), "--n", str(n), "--dim", str(dim),
+                    "--dup-fraction", str(args.dup_fraction)], check=True)
     print(f"# N {n:,} x {dim}-d, budget {args.memory_budget}, slice sample {args.slice_sample}; data written in "
           f"{time.perf_counter() - t0:.0f} s to {work}", flush=True)
     cmd = [sys.executable, __file__, "--child", "--work", str(work), "--threshold", str(args.threshold),

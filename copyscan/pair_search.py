@@ -219,10 +219,13 @@ def prepare(work: str | os.PathLike, vectors: np.ndarray, *, threshold: float, b
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
+    from .index_choice import release_pages
+
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=array.shape)
     for a in range(0, len(array), RESCORE_CHUNK):
         out[a:a + RESCORE_CHUNK] = array[a:a + RESCORE_CHUNK]
-    out.flush()
+        out.flush()
+        release_pages(out)  # written pages go to the file, not this process's resident memory
     del out
 
 

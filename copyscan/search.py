@@ -1,8 +1,10 @@
 """Stage 6 (search): opening an index for searching, the query loop, and the pairs of dedupe.
 
 Every score comes out of FAISS already final (score.py's extra-column form) and every threshold
-is applied by the neighbour search itself (ann.search_above_flat): nothing here filters scores
-afterwards. A file is never its own match.
+is applied by the neighbour search itself (ann.search_above_flat). The exception is an index
+with approximate scores (SQ8/PQ codes, index_choice): its search floor is the threshold less the
+index's margin, and LoadedIndex.exact re-scores the candidates from the stored descriptors before
+the threshold decides. A file is never its own match.
 """
 
 from __future__ import annotations
