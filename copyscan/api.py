@@ -74,6 +74,9 @@ def index_folder(
     extraction: Extraction | None = None,
     post: PostOptions | None = None,
     regions: bool = False,
+    engine: str = "local",
+    ray_address: str | None = None,
+    memory_budget: int | str | None = None,
 ) -> IndexSummary:
     """Embed new and changed images under `folder` into the index; drop rows of removed files.
 
@@ -82,9 +85,16 @@ def index_folder(
     Interrupting keeps finished shards: the next run resumes where this one stopped. `post` sets
     up (or switches off) whitening and score normalisation, kept in the index for later queries
     (see copyscan.background). `regions` also stores region rows (crops of each image) beside each
-    image's row, for `dedupe --regions`; images indexed without them are embedded again.
+    image's row, for `dedupe --regions`; images indexed without them are embedded again. `engine`
+    "ray" runs decoding and embedding on a Ray cluster (`ray_address`, default: a local one;
+    copyscan.engines.ray_engine). `memory_budget` (bytes or "8G"; default a share of the memory
+    available) decides the FAISS index (index_choice).
     """
+    from .index_choice import parse_size
+
     extraction = _checked(extraction, post)
+    if regions and engine == "ray":
+        raise UserError("--regions cannot be combined with --engine ray (the Ray engine stores whole images only)")
     if regions:
         from .region_search import INDEX_BOXES
 
@@ -92,9 +102,22 @@ def index_folder(
     root = resolve_root(folder)
     store = _store(index_dir)
     lazy = LazyModel(model, extraction.device)
+    budget = parse_size(memory_budget)
     if post is not None and post.given():
         _set_postprocess(store, lazy, post, root, extraction, rebuild=False)
-    return index_into(store, root, lazy, extraction)
+    return index_into(store, root, lazy, extraction, engine=_engine(engine, store, ray_address), memory_budget=budget)
+
+
+def _engine(name: str, store: IndexStore, ray_address: str | None):
+    if name == "local":
+        if ray_address:
+            raise UserError("--ray-address goes with --engine ray")
+        return None
+    if name == "ray":
+        from .engines.ray_engine import RayEngine
+
+        return RayEngine(store.folder, address=ray_address)
+    raise UserError(f"--engine must be local or ray, not {name!r}")
 
 
 def _checked(extraction: Extraction | None, post: PostOptions | None, top_k: int | None = None,
@@ -227,6 +250,9 @@ def dedupe(
     keep: str = "original",
     protect: list[str | os.PathLike] | None = None,
     regions: bool = False,
+    engine: str = "local",
+    ray_address: str | None = None,
+    memory_budget: int | str | None = None,
 ) -> DedupeSummary:
     """Find groups of copies inside `folder`: OUT/groups.csv, OUT/groups.json, OUT/report.html.
 
@@ -236,14 +262,20 @@ def dedupe(
     files under a `protect` folder are kept and never marked copies. Pairs rejected in an earlier
     review of this folder are not proposed again (copyscan.review_memory). `regions` indexes
     region rows too and pairs an image's regions with the other whole images (a photo inside a
-    screenshot); each copy gets the box where it sits (copyscan.region_search).
+    screenshot); each copy gets the box where it sits (copyscan.region_search). With `engine`
+    "ray", a `memory_budget`, or a very large folder, the pairs are searched in slices against an
+    index of the folder sized by the budget, the pairs on disk (copyscan.dedupe_scale); that path
+    keeps the image of highest resolution (no `keep` rule, no remembered rejections) and takes
+    no `regions`.
     """
+    from .dedupe_scale import SLICED_FROM, sliced_groups
+    from .index_choice import parse_size
+    from .score import pairs_of, references_of
+
     import numpy as np
 
-    from .group import Item, build_groups
-    from .keep import facts_of, make_chooser, mark_protected
-    from .review_memory import load_memory
-    from .same_files import attach_aliases, collapse_same_files, refine_pixel_hashes
+    from .keep import mark_protected
+    from .same_files import attach_aliases, collapse_same_files
     from .store import descriptors_of, paths_of
 
     clock = Throughput()
@@ -258,8 +290,11 @@ def dedupe(
     check_threshold(threshold, expected_entry(store, post))
     if model is None:
         model = model_ref(store) if store.exists() else DEFAULT_MODEL
+    budget = parse_size(memory_budget)
+    if regions and (engine == "ray" or budget is not None):
+        raise UserError("--regions cannot be combined with --engine ray or --memory-budget (dedupe in slices)")
     index_summary = index_folder(root, index_dir=store.folder, model=model, extraction=extraction, post=post,
-                                 regions=regions)
+                                 regions=regions, engine=engine, ray_address=ray_address, memory_budget=budget)
     loaded = _load(store)
     check_threshold(threshold, store.postprocess_entry(loaded.manifest), default=loaded.threshold)
     threshold = loaded.threshold if threshold is None else threshold
@@ -273,6 +308,57 @@ def dedupe(
     one_name, aliases = collapse_same_files([paths[i] for i in candidates], [hashes[i] for i in candidates])
     rows = np.asarray([candidates[k] for k in one_name], dtype=np.int64)
     table = full.take(rows)
+    sliced = engine == "ray" or budget is not None or (len(rows) >= SLICED_FROM and not regions)
+    if sliced:
+        # Dedupe in slices (copyscan.dedupe_scale): the pairs on disk, grouped without an Item
+        # per image; the kept image is the highest resolution (group.by_resolution).
+        descriptors = descriptors_of(table)
+        references = references_of(loaded.post, descriptors)
+        queries = pairs_of(loaded.post, descriptors)
+        groups = sliced_groups(table, references, None if np.array_equal(queries, references) else queries,
+                               threshold=threshold, output=Path(output), source=f"{root}|{store.faiss_fingerprint(loaded.manifest)}",
+                               engine=engine, ray_address=ray_address, memory_budget=budget)
+        images = len(rows)
+    else:
+        groups, images = _grouped(loaded, store, table, full, rows, in_root, whole, threshold, keep, protect_dirs, regions)
+    mark_protected(groups, protect_dirs)
+    attach_aliases(groups, aliases)
+    out = Path(output)
+    summary = DedupeSummary(str(out), index_summary, images, groups, score=loaded.score)
+    summary.copies = sum(len(g.copies) for g in groups)
+    summary.exact_copies = sum(1 for g in groups for c in g.copies if c.match != "near")
+    summary.csv_path = str(out / GROUPS_CSV)
+    with RunOutputs(out) as outputs:  # all or nothing, as in query_folder
+        write_groups_csv(outputs.staged(GROUPS_CSV), groups)
+        write_groups_json(outputs.staged(GROUPS_JSON), groups, threshold, index_summary.model, summary.score, root=root,
+                          index_dir=str(store.folder), keep_rule=keep, protect=protect_dirs)
+        if report:
+            from .report import human_bytes, reclaimable, write_dedupe_report
+
+            figures = {
+                "Model": index_summary.model, "Folder": display_path(root), "Score": summary.score, "Threshold": threshold,
+                "Images": images, "Groups": len(groups), "Copies": summary.copies, "Exact copies": summary.exact_copies,
+                "Reclaimable": human_bytes(sum(reclaimable(g) for g in groups)), "Skipped files": len(index_summary.skipped),
+            }
+            summary.report_path = str(write_dedupe_report(out, groups, figures, max_items=REPORT_ITEMS))
+    # Only once the new groups are in place: an earlier review's decisions name the old groups.
+    _set_aside_old_decisions(out)
+    summary.seconds = clock.seconds
+    return summary
+
+
+def _grouped(loaded: LoadedIndex, store: IndexStore, table, full, rows, in_root, whole, threshold: float, keep: str,
+             protect_dirs: list[str], regions: bool) -> tuple[list, int]:
+    """dedupe's in-memory path: pairs from the loaded FAISS index (and region pairs with
+    `regions`), groups with the `keep` chooser and the remembered rejections; (groups, images)."""
+    import numpy as np
+
+    from .group import Item, build_groups
+    from .keep import facts_of, make_chooser
+    from .review_memory import load_memory
+    from .same_files import refine_pixel_hashes
+    from .store import descriptors_of, paths_of
+
     items = [
         Item(p, w, h, b, ch, ph, mt)
         for p, w, h, b, ch, ph, mt in zip(
@@ -307,30 +393,7 @@ def dedupe(
                           rejected=memory.rejected)
     if regions:
         annotate_groups(groups, found, {it.path: i for i, it in enumerate(items)})
-    mark_protected(groups, protect_dirs)
-    attach_aliases(groups, aliases)
-    out = Path(output)
-    summary = DedupeSummary(str(out), index_summary, len(items), groups, score=loaded.score)
-    summary.copies = sum(len(g.copies) for g in groups)
-    summary.exact_copies = sum(1 for g in groups for c in g.copies if c.match != "near")
-    summary.csv_path = str(out / GROUPS_CSV)
-    with RunOutputs(out) as outputs:  # all or nothing, as in query_folder
-        write_groups_csv(outputs.staged(GROUPS_CSV), groups)
-        write_groups_json(outputs.staged(GROUPS_JSON), groups, threshold, index_summary.model, summary.score, root=root,
-                          index_dir=str(store.folder), keep_rule=keep, protect=protect_dirs)
-        if report:
-            from .report import human_bytes, reclaimable, write_dedupe_report
-
-            figures = {
-                "Model": index_summary.model, "Folder": display_path(root), "Score": summary.score, "Threshold": threshold,
-                "Images": len(items), "Groups": len(groups), "Copies": summary.copies, "Exact copies": summary.exact_copies,
-                "Reclaimable": human_bytes(sum(reclaimable(g) for g in groups)), "Skipped files": len(index_summary.skipped),
-            }
-            summary.report_path = str(write_dedupe_report(out, groups, figures, max_items=REPORT_ITEMS))
-    # Only once the new groups are in place: an earlier review's decisions name the old groups.
-    _set_aside_old_decisions(out)
-    summary.seconds = clock.seconds
-    return summary
+    return groups, len(items)
 
 
 def _set_aside_old_decisions(out: Path) -> None:

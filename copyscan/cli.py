@@ -112,6 +112,9 @@ def _esc(text: str) -> str:
     return display_path(text).replace("[", r"\[")
 
 
+EngineOpt = typer.Option("local", "--engine", help="Where decoding and embedding run (and dedupe's pair search): local, or ray (a Ray cluster; pip install \"copyscan\\[ray]\") \\[default: local].", show_default=False)
+RayAddressOpt = typer.Option(None, "--ray-address", help="Ray cluster to join with --engine ray \\[default: $RAY_ADDRESS, else a new local one].", show_default=False)
+BudgetOpt = typer.Option(None, "--memory-budget", help="Memory the search index may take (e.g. 8G, 512M): picks Flat, IVF-Flat, IVF-SQ8, IVF-PQ or on-disk lists \\[default: a quarter of the memory available].", show_default=False)
 DirArg = typer.Argument(..., help="Folder of images (searched recursively).", show_default=False)
 IndexOpt = typer.Option(None, "--index-dir", "--index", help="Index folder \\[default: $COPYSCAN_INDEX_DIR or ./.copyscan/index].", show_default=False)
 ModelOpt = typer.Option(None, "--model", "-m", help=f"Registered model name (see `copyscan models`) or a model file path \\[default: the model that built the index; {DEFAULT_MODEL} for a new one].", show_default=False)
@@ -155,6 +158,9 @@ def index(
     whiten_dim: Optional[int] = WhitenDimOpt,
     beta: Optional[float] = BetaOpt,
     regions: bool = RegionsOpt,
+    engine: str = EngineOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    memory_budget: Optional[str] = BudgetOpt,
 ) -> None:
     """Embed the images of FOLDER into an index (only new or changed files; removed ones are dropped).
 
@@ -168,7 +174,7 @@ def index(
 
     s = _run(index_folder, folder, index_dir=index_dir, model=model or DEFAULT_MODEL,
              extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta),
-             regions=regions)
+             regions=regions, engine=engine, ray_address=ray_address, memory_budget=memory_budget)
     _print_index_summary(s)
 
 
@@ -231,6 +237,9 @@ def dedupe(
     keep: KeepRule = typer.Option("original", "--keep", help="Which image of a group to keep: original (the likely original: most detail of the shared content, fewest signs of editing), resolution, oldest, newest, largest, smallest."),
     protect: Optional[list[Path]] = typer.Option(None, "--protect", help="A folder whose files are always kept and never touched; repeatable \\[default: none].", show_default=False),
     regions: bool = RegionsOpt,
+    engine: str = EngineOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    memory_budget: Optional[str] = BudgetOpt,
 ) -> None:
     """Find groups of copies inside FOLDER and choose the image to keep in each. Nothing is moved or deleted.
 
@@ -247,7 +256,8 @@ def dedupe(
 
     s = _run(run_dedupe, folder, output=output, threshold=threshold, index_dir=index_dir, model=model,
              extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta),
-             keep=keep.value, protect=protect, regions=regions)
+             keep=keep.value, protect=protect, regions=regions, engine=engine, ray_address=ray_address,
+             memory_budget=memory_budget)
     _print_index_summary(s.index)
     out.print(
         f"[bold]{len(s.groups)}[/] groups of copies among {s.images} images: {s.copies} copies "

@@ -180,3 +180,13 @@ def load_thumbnail(path: str, max_side: int) -> Image.Image:
     img = img.copy()
     img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     return img
+
+
+def decode_or_reason(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Decoded | None, str]:
+    """decode_file that never raises: (decoded, "") or (None, the reason to record), for engines."""
+    try:
+        return decode_file(path, size, max_pixels), ""
+    except DecodeError as exc:
+        return None, str(exc)
+    except Exception as exc:  # a decoder bug must cost one file, not the run
+        return None, f"unexpected decoder error: {type(exc).__name__}: {exc}"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .decode import DEFAULT_MAX_PIXELS, DecodeError, decode_file
+from .decode import DEFAULT_MAX_PIXELS, DecodeError, decode_or_reason
 from .discover import FileEntry, Skipped
 from .models.base import DescriptorModel
 from .regions import Box, region_pixels
@@ -69,14 +69,17 @@ class _Files(Dataset):
 
     def __getitem__(self, i: int):
         entry = self.entries[i]
-        try:
-            d = decode_file(entry.path, self.size, self.max_pixels)
-            if self.boxes:
-                return i, (d.pixels, region_pixels(entry.path, self.size, self.boxes, self.max_pixels)), (d.width, d.height, d.content_hash, d.pixel_hash)
-        except DecodeError as exc:
-            return i, None, str(exc)
-        except Exception as exc:  # a decoder bug must cost one file, not the run
-            return i, None, f"unexpected decoder error: {type(exc).__name__}: {exc}"
+        d, reason = decode_or_reason(entry.path, self.size, self.max_pixels)
+        if d is None:
+            return i, None, reason
+        if self.boxes:
+            try:
+                regions = region_pixels(entry.path, self.size, self.boxes, self.max_pixels)
+            except DecodeError as exc:
+                return i, None, str(exc)
+            except Exception as exc:  # a decoder bug must cost one file, not the run
+                return i, None, f"unexpected decoder error: {type(exc).__name__}: {exc}"
+            return i, (d.pixels, regions), (d.width, d.height, d.content_hash, d.pixel_hash)
         return i, d.pixels, (d.width, d.height, d.content_hash, d.pixel_hash)
 
 
@@ -97,6 +100,7 @@ class EmbeddedBatch:
     skipped: list[Skipped]
     # With `boxes`: (len(rows) * len(boxes), dim), row-major (each row's boxes in order).
     region_descriptors: np.ndarray | None = None
+    stored: int = 0  # rows an engine's own workers already wrote as shards (not in `rows`)
 
 
 def embed_entries(

@@ -171,7 +171,19 @@ def build_groups(items: list[Item], pairs: Pairs | Iterable[tuple[int, int, floa
     pairs = Pairs.of(pairs)
     if rejected:
         pairs = _without_rejected(items, pairs, rejected)
-    links = _cluster_links(pairs, labels, threshold, n_clusters)
+    links = cluster_links(pairs, labels, threshold, n_clusters)
+    return groups_from_links(items, labels, links, choose=choose)
+
+
+def groups_from_links(items: Sequence[Item], labels: np.ndarray, links: Pairs, *,
+                      choose: Chooser = by_resolution) -> list[Group]:
+    """Groups from exact-copy cluster labels and the best score between linked clusters.
+
+    The second half of build_groups, for callers that compute the links another way (streamed
+    from pair files: copyscan.group_stream). `items` may be any sequence: only the items of
+    clusters in some group are read.
+    """
+    n_clusters = int(labels.max()) + 1 if len(labels) else 0
     members = _members_of_involved_clusters(items, labels, links, n_clusters)
     # Adjacency of clusters in CSR form: the neighbours of c are dst[ptr[c]:ptr[c + 1]].
     src = np.concatenate([links.first, links.second])
@@ -215,7 +227,7 @@ def build_groups(items: list[Item], pairs: Pairs | Iterable[tuple[int, int, floa
     return groups
 
 
-def _cluster_links(pairs: Pairs, labels: np.ndarray, threshold: float | None, n_clusters: int) -> Pairs:
+def cluster_links(pairs: Pairs, labels: np.ndarray, threshold: float | None, n_clusters: int) -> Pairs:
     """Best score between two different clusters over all their member pairs (at `threshold`, if given)."""
     ok = pairs.score >= threshold if threshold is not None else np.ones(len(pairs), dtype=bool)
     a, b = labels[pairs.first[ok]], labels[pairs.second[ok]]
@@ -224,7 +236,7 @@ def _cluster_links(pairs: Pairs, labels: np.ndarray, threshold: float | None, n_
     return Pairs(np.minimum(a, b), np.maximum(a, b), score).best_per_pair(n_clusters)
 
 
-def _members_of_involved_clusters(items: list[Item], labels: np.ndarray, links: Pairs, n_clusters: int) -> dict[int, list[int]]:
+def _members_of_involved_clusters(items: Sequence[Item], labels: np.ndarray, links: Pairs, n_clusters: int) -> dict[int, list[int]]:
     """Cluster -> its items, best first, for the clusters that can be in a group.
 
     A cluster of one image with no link can never be in a group: leaving it out keeps the
@@ -243,7 +255,7 @@ def _members_of_involved_clusters(items: list[Item], labels: np.ndarray, links: 
     return members
 
 
-def _without_rejected(items: list[Item], pairs: Pairs, rejected: set[frozenset[str]]) -> Pairs:
+def _without_rejected(items: Sequence[Item], pairs: Pairs, rejected: set[frozenset[str]]) -> Pairs:
     """The pairs less those whose two images' content hashes the user marked as not a copy."""
     if len(pairs) == 0:
         return pairs
@@ -252,7 +264,7 @@ def _without_rejected(items: list[Item], pairs: Pairs, rejected: set[frozenset[s
     return Pairs(pairs.first[keep], pairs.second[keep], pairs.score[keep])
 
 
-def _make_group(items: list[Item], clusters: Mapping[int, list[int]], kc: int, copies: list[tuple[int, float]], reason: str) -> Group:
+def _make_group(items: Sequence[Item], clusters: Mapping[int, list[int]], kc: int, copies: list[tuple[int, float]], reason: str) -> Group:
     keep_i = clusters[kc][0]
     keep = items[keep_i]
     members = [Member(keep.path, "keep", 1.0, keep.width, keep.height, keep.bytes, "keep", keep.mtime_ns, keep.content_hash)]
@@ -264,14 +276,14 @@ def _make_group(items: list[Item], clusters: Mapping[int, list[int]], kc: int, c
     return Group(0, members, reason)
 
 
-def _twin_reason(items: list[Item], cluster: list[int]) -> str:
+def _twin_reason(items: Sequence[Item], cluster: list[int]) -> str:
     keep, other = items[cluster[0]], items[cluster[1]]
     if keep.content_hash == other.content_hash:
         return "identical files: the oldest, then the shortest path"
     return "identical pixels: a lossy file before its lossless re-save, then the smallest file"
 
 
-def _exact_member(items: list[Item], twin: int, j: int, score: float) -> Member:
+def _exact_member(items: Sequence[Item], twin: int, j: int, score: float) -> Member:
     same_bytes = items[twin].content_hash == items[j].content_hash
     return _member(items[j], score, MATCH_IDENTICAL_FILE if same_bytes else MATCH_IDENTICAL_PIXELS)
 

@@ -124,6 +124,7 @@ class ShardWriter:
 
     def add(self, batch: EmbeddedBatch, boxes: Sequence = ()) -> None:
         """`boxes`: the region crops `batch.region_descriptors` hold, stored as region rows."""
+        self.written += batch.stored  # shards an engine's workers wrote themselves
         if boxes and batch.region_descriptors is not None:
             from .regions import with_region_rows
 
@@ -183,9 +184,13 @@ def flush_rows() -> int:
 # ---- 4. commit ----------------------------------------------------------------------------------
 
 
-def commit(store: IndexStore, info: ModelInfo, roots: list[str], skipped: int) -> tuple[int, str]:
-    """Build the FAISS file over every live row and write the manifest; returns (rows, FAISS type)."""
-    from . import ann
+def commit(store: IndexStore, info: ModelInfo, roots: list[str], skipped: int,
+           memory_budget: int | None = None) -> tuple[int, str]:
+    """Build the FAISS file over every live row and write the manifest; returns (rows, FAISS type).
+
+    The index kind is the most exact that `memory_budget` allows (index_choice); an approximate
+    one records its score margin, so that searches re-score its candidates exactly."""
+    from .index_choice import build_index, margin_for, plan_index
     from .postprocess import describe_score, load_stored
     from .score import references_of
     from .store import descriptors_of
@@ -195,10 +200,11 @@ def commit(store: IndexStore, info: ModelInfo, roots: list[str], skipped: int) -
     vectors = references_of(post, descriptors_of(table))
     # Region rows (index --regions) are in the same FAISS file; the counts are of images.
     region_rows = int(sum(1 for r in table.column("region").to_pylist() if r))
-    choice = ann.choose_index(len(vectors), vectors.shape[1])
-    index = ann.build_index(vectors, choice)
+    choice = plan_index(len(vectors), vectors.shape[1], memory_budget)
+    index = build_index(choice, vectors, ondisk_path=str(store.ondisk_lists_path()))
     meta = store.save_faiss(index, choice.factory, choice.reason, choice.nprobe, len(vectors),
-                            describe_score(store.postprocess_entry()))
+                            describe_score(store.postprocess_entry()), margin=margin_for(choice, index, vectors),
+                            kind_name=choice.kind)
     store.commit_manifest(info, len(vectors) - region_rows, skipped, meta, roots, region_rows)
     return len(vectors) - region_rows, choice.factory
 
@@ -207,7 +213,8 @@ def commit(store: IndexStore, info: ModelInfo, roots: list[str], skipped: int) -
 
 
 def index_into(store: IndexStore, root: str, model: LazyModel | DescriptorModel | str,
-               extraction: Extraction | None = None, engine: Engine | None = None) -> IndexSummary:
+               extraction: Extraction | None = None, engine: Engine | None = None,
+               memory_budget: int | None = None) -> IndexSummary:
     """Run the index job for folder `root` into `store`, holding its lock."""
     new_folder = not store.folder.exists()
     new_index = not store.exists()
@@ -215,7 +222,7 @@ def index_into(store: IndexStore, root: str, model: LazyModel | DescriptorModel 
     done = False
     try:
         summary = _index_locked(store, root, model if isinstance(model, LazyModel) else LazyModel(model, (extraction or Extraction()).device),
-                                extraction or Extraction(), engine or local_engine)
+                                extraction or Extraction(), engine or local_engine, memory_budget)
         done = True
         return summary
     finally:
@@ -226,7 +233,8 @@ def index_into(store: IndexStore, root: str, model: LazyModel | DescriptorModel 
         store.unlock()
 
 
-def _index_locked(store: IndexStore, root: str, model: LazyModel, extraction: Extraction, engine: Engine) -> IndexSummary:
+def _index_locked(store: IndexStore, root: str, model: LazyModel, extraction: Extraction, engine: Engine,
+                  memory_budget: int | None = None) -> IndexSummary:
     clock = Throughput()
     rows_per_shard = flush_rows()
     info = model.identity()
@@ -241,7 +249,7 @@ def _index_locked(store: IndexStore, root: str, model: LazyModel, extraction: Ex
                 for batch in engine(work.todo, model, extraction, bar.advance):
                     if model.loaded:  # shards record the runtime it runs on, as the manifest does
                         writer.info = model.get().info
-                    clock.add(len(batch.rows))
+                    clock.add(len(batch.rows) + batch.stored)
                     writer.add(batch, extraction.boxes)
         except KeyboardInterrupt:
             writer.flush()
@@ -269,7 +277,7 @@ def _index_locked(store: IndexStore, root: str, model: LazyModel, extraction: Ex
     if work.todo or dead or not _up_to_date(store, root, writer.skips, work.old_skips):
         writer.flush()
         store.compact(dead)  # also drops rows superseded by re-embedded files, which are not removals
-        summary.total, summary.faiss = commit(store, info, [root], len(writer.skips))
+        summary.total, summary.faiss = commit(store, info, [root], len(writer.skips), memory_budget)
     else:
         manifest = store.read_manifest()
         summary.total, summary.faiss = store.image_count(manifest), store.faiss_type(manifest)

@@ -1,8 +1,10 @@
 """Stage 6 (search): opening an index for searching, the query loop, and the pairs of dedupe.
 
 Every score comes out of FAISS already final (score.py's extra-column form) and every threshold
-is applied by the neighbour search itself (ann.search_above_flat): nothing here filters scores
-afterwards. A file is never its own match.
+is applied by the neighbour search itself (ann.search_above_flat). The exception is an index
+with approximate scores (SQ8/PQ codes, index_choice): its search floor is the threshold less the
+index's margin, and LoadedIndex.exact re-scores the candidates from the stored descriptors before
+the threshold decides. A file is never its own match.
 """
 
 from __future__ import annotations
@@ -35,6 +37,30 @@ class LoadedIndex:
     paths: list[str]
     post: PostProcess = field(default_factory=PostProcess)  # the index's stored post-processing
     rows: RowTable | None = None  # each FAISS row's path, region number (0: whole image) and box
+    margin: float = 0.0  # > 0: FAISS scores are approximate (SQ8/PQ codes) and are re-scored
+    _references: np.ndarray | None = None
+
+    @property
+    def references(self) -> np.ndarray:
+        """Every row's vector in the score rule's reference form, from the stored descriptors:
+        the exact side of a re-scored pair. Read on first use."""
+        if self._references is None:
+            self._references = references_of(self.post, descriptors_of(self.store.read_table(["descriptor"])))
+        return self._references
+
+    def exact(self, queries: np.ndarray, rows: np.ndarray, ids: np.ndarray, scores: np.ndarray,
+              floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Hits (rows, ids, scores) of a search run `margin` below `floor`, re-scored exactly, those
+        below `floor` dropped, each query's hits best first again. Unchanged for an exact index."""
+        if not self.margin or not len(rows):
+            return rows, ids, scores
+        from .pair_search import rescore_between
+
+        scores = rescore_between(queries, rows, self.references, ids)
+        keep = scores >= floor
+        rows, ids, scores = rows[keep], ids[keep], scores[keep]
+        order = np.lexsort((-scores, rows))
+        return rows[order], ids[order], scores[order]
 
     @property
     def model_ref(self) -> str:
@@ -63,7 +89,8 @@ def load_index(store: IndexStore) -> LoadedIndex:
     else:
         index = ann.build_index(references_of(post, descriptors_of(table)))
     paths = paths_of(table)
-    return LoadedIndex(store, manifest, index, paths, post, RowTable.from_table(table, paths))
+    return LoadedIndex(store, manifest, index, paths, post, RowTable.from_table(table, paths),
+                       margin=store.faiss_margin(manifest) if fresh else 0.0)
 
 
 def model_ref(store: IndexStore, manifest: dict | None = None) -> str:
@@ -97,8 +124,12 @@ def query_batches(loaded: LoadedIndex, entries: Sequence[FileEntry], model: Desc
         queries = queries_of(loaded.post, batch.descriptors)
         # One more than asked: the query itself may be in the index. Whole-image rows only: an
         # index built with --regions searches as one without (region_search uses the others).
-        rows, ids, scores = ann.search_above_flat(loaded.index, queries, floor, k=top_k + 1, max_k=top_k + 1,
+        # With approximate scores, four times that many candidates, re-scored exactly, from which
+        # the best are kept.
+        k = (top_k + 1) * (4 if loaded.margin else 1)
+        rows, ids, scores = ann.search_above_flat(loaded.index, queries, floor - loaded.margin, k=k, max_k=k,
                                                   params=whole_image_params(loaded.index, loaded.rows))
+        rows, ids, scores = loaded.exact(queries, rows, ids, scores, floor)
         bounds = np.searchsorted(rows, np.arange(len(queries) + 1))
         results = []
         for q, row in enumerate(batch.rows):
@@ -138,7 +169,7 @@ def collection_pairs(loaded: LoadedIndex, rows: np.ndarray, descriptors: np.ndar
     queries = pairs_of(loaded.post, descriptors)
     local = np.full(len(loaded.paths), -1, dtype=np.int64)
     local[rows] = np.arange(len(rows))
-    found = pairs_in(loaded.index, queries, rows, threshold, len(loaded.paths), keep=local >= 0)
+    found = pairs_in(loaded.index, queries, rows, threshold, len(loaded.paths), keep=local >= 0, loaded=loaded)
     if len(found) == 0:
         return found
     # Numbered within the folder; first < second still holds, as `rows` is increasing.
@@ -146,7 +177,7 @@ def collection_pairs(loaded: LoadedIndex, rows: np.ndarray, descriptors: np.ndar
 
 
 def pairs_in(index, queries: np.ndarray, rows: np.ndarray, threshold: float, n: int,
-             keep: np.ndarray | None = None) -> Pairs:
+             keep: np.ndarray | None = None, loaded: LoadedIndex | None = None) -> Pairs:
     """Pairs (row, hit) from searching `index` with `queries` (the vectors of index rows `rows`).
 
     Hits stream batch by batch into flat numpy arrays (no Python object per pair). A pair found
@@ -158,7 +189,11 @@ def pairs_in(index, queries: np.ndarray, rows: np.ndarray, threshold: float, n: 
     scores: list[np.ndarray] = []
     for start in range(0, len(rows), ann.SEARCH_BATCH):
         batch = rows[start:start + ann.SEARCH_BATCH]
-        hit_rows, ids, found = ann.search_above_flat(index, queries[start:start + ann.SEARCH_BATCH], threshold)
+        block = queries[start:start + ann.SEARCH_BATCH]
+        margin = loaded.margin if loaded is not None else 0.0
+        hit_rows, ids, found = ann.search_above_flat(index, block, threshold - margin)
+        if margin:  # approximate scores: the exact score decides (see LoadedIndex.exact)
+            hit_rows, ids, found = loaded.exact(block, hit_rows, ids, found, threshold)
         hit_rows = batch[hit_rows]
         other = hit_rows != ids  # an image is its own best neighbour
         if keep is not None:

@@ -32,7 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -48,11 +48,15 @@ from .version import __version__
 
 FORMAT = "copyscan-index"
 FORMAT_VERSION = 1
-SHARD_RE = re.compile(r"^part-(\d{6,})\.parquet$")
+# part-NNNNNN.parquet from the local writer; part-NNNNNN-TAG.parquet from a distributed engine's
+# tasks, which share the run's number NNNNNN and tell their shards apart by TAG (a digest of the
+# rows' paths, so that a retried task rewrites its own shard instead of adding a second one).
+SHARD_RE = re.compile(r"^part-(\d{6,})(?:-([0-9a-f]{8,64}))?\.parquet$")
 MANIFEST_FILE = "manifest.json"
 SHARD_DIR = "shards"
 SKIPPED_FILE = "skipped.csv"
 FAISS_FILE = "index.faiss"
+ONDISK_LISTS_FILE = "index.ivfdata"
 LOCK_FILE = "copyscan.lock"
 POST_FILE = "postprocess.npz"
 BACKGROUND_DIR = "background"
@@ -320,7 +324,7 @@ class IndexStore:
         if not self.shard_dir.is_dir():
             return []
         shards = [p for p in self.shard_dir.iterdir() if SHARD_RE.match(p.name)]
-        return sorted(shards, key=shard_number)
+        return sorted(shards, key=_shard_order)
 
     def shard_paths(self, manifest: dict[str, Any] | None = None) -> list[Path]:
         """The live shards: those the manifest lists (all on disk for a manifest from before lists)."""
@@ -338,17 +342,24 @@ class IndexStore:
         shards = self.shard_files()
         return shard_number(shards[-1]) + 1 if shards else 0
 
-    def write_shard(self, number: int, table: pa.Table, info: ModelInfo) -> Path:
+    def write_shard(self, number: int, table: pa.Table, info: ModelInfo, tag: str | None = None,
+                    listed: bool = True) -> Path:
         """Write a shard (carrying `info`, the model's identity, in its metadata) and list it in
-        the manifest. If it cannot be listed it is removed again: never a shard nobody reads."""
+        the manifest. If it cannot be listed it is removed again: never a shard nobody reads.
+
+        `tag` (hex, see SHARD_RE): one of several shards of one run under one `number` (the Ray
+        engine's tasks). `listed=False`: write the shard only, leaving the manifest alone (a
+        worker's shard; the driver lists it with `list_shards`). Until listed it is not read, and
+        the next writer adopts or drops it like any unlisted shard."""
         with writing(self.shard_dir, "--index-dir"):
             self.shard_dir.mkdir(parents=True, exist_ok=True)
-        target = self.shard_dir / f"part-{number:06d}.parquet"
+        target = self.shard_dir / (f"part-{number:06d}-{tag}.parquet" if tag else f"part-{number:06d}.parquet")
         meta = dict(table.schema.metadata or {})
         meta[SHARD_META_KEY] = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **identity_of(info)}).encode()
         sink = pa.BufferOutputStream()
         pq.write_table(table.replace_schema_metadata(meta), sink, compression="zstd")
-        listing = [*(p.name for p in self.shard_paths()), target.name] if self.manifest_path.exists() else None
+        listing = ([*(p.name for p in self.shard_paths()), target.name]
+                   if listed and self.manifest_path.exists() else None)
         try:
             atomic_write_bytes(target, sink.getvalue().to_pybytes())
             if listing is not None:
@@ -366,7 +377,12 @@ class IndexStore:
 
     def set_listing(self, names: list[str]) -> None:
         """Record `names` as the live shards."""
-        self._set_manifest_entry(SHARDS_KEY, sorted(set(names), key=lambda n: shard_number(Path(n))))
+        self._set_manifest_entry(SHARDS_KEY, sorted(set(names), key=lambda n: _shard_order(Path(n))))
+
+    def list_shards(self, names: Sequence[str]) -> None:
+        """Add shards written with `listed=False` (by an engine's workers) to the live ones."""
+        if names and self.manifest_path.exists():
+            self.set_listing([*(p.name for p in self.shard_paths()), *names])
 
     def read_table(self, columns: list[str] | None = None, root: str | None = None) -> pa.Table:
         """All live rows (latest shard wins for a path), in shard then row order; optionally only under `root`.
@@ -556,13 +572,23 @@ class IndexStore:
         return (self.faiss_path.exists() and meta.get("layout") == FAISS_LAYOUT
                 and meta.get("shards_fingerprint") == self.faiss_fingerprint(manifest))
 
-    def save_faiss(self, index: Any, kind: str, rule: str, nprobe: int, count: int, score: str) -> dict[str, Any]:
-        """Write the FAISS file atomically; returns its manifest entry (for write_manifest)."""
+    def save_faiss(self, index: Any, kind: str, rule: str, nprobe: int, count: int, score: str,
+                   margin: float = 0.0, kind_name: str = "") -> dict[str, Any]:
+        """Write the FAISS file atomically; returns its manifest entry (for write_manifest).
+        `margin`: how far below the exact score the index's scores may be (0: exact scores)."""
         from . import ann
 
         atomic_write(self.faiss_path, lambda fh: ann.write_index_to(index, fh))
         return {"type": kind, "rule": rule, "nprobe": nprobe, "count": count, "score": score, "layout": FAISS_LAYOUT,
-                "shards_fingerprint": self.faiss_fingerprint()}
+                "margin": margin, "choice": kind_name, "shards_fingerprint": self.faiss_fingerprint()}
+
+    def ondisk_lists_path(self) -> Path:
+        """Where an on-disk FAISS index (index_choice) keeps its inverted lists."""
+        return self.folder / ONDISK_LISTS_FILE
+
+    def faiss_margin(self, manifest: dict[str, Any] | None = None) -> float:
+        """0 for an index with exact scores; else the margin its approximate scores need."""
+        return float(self.faiss_meta(manifest).get("margin") or 0.0)
 
     def load_faiss(self, manifest: dict[str, Any] | None = None) -> Any:
         """The stored FAISS index, searched with the nprobe recorded when it was built."""
@@ -651,6 +677,12 @@ def _read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
         if name not in present and name in REGION_FIELDS:
             table = table.append_column(REGION_FIELDS[name], pa.nulls(table.num_rows, REGION_FIELDS[name].type))
     return table
+
+
+def _shard_order(path: Path) -> tuple[int, str]:
+    # Shards of one run (same number) never hold the same path twice, so their order is moot.
+    m = SHARD_RE.match(path.name)
+    return int(m.group(1)), m.group(2) or ""
 
 
 def _digest(text: str) -> str:

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import torch
 
-from copyscan import embed
+from copyscan import decode, embed
 from copyscan.decode import Decoded
 from copyscan.discover import FileEntry
 from copyscan.models.base import DescriptorModel, ModelInfo
@@ -28,7 +28,7 @@ def _decode_reports_niceness(path, size, max_pixels):
 
 
 def _niceness_seen(monkeypatch, workers):
-    monkeypatch.setattr(embed, "decode_file", _decode_reports_niceness)
+    monkeypatch.setattr(decode, "decode_file", _decode_reports_niceness)  # what decode_or_reason calls
     entries = [FileEntry(f"/x/{i}.jpg", 1, 1) for i in range(6)]
     seen = [d for b in embed.embed_entries(entries, _NicenessProbe(), batch_size=2, workers=workers) for d in b.descriptors[:, 0]]
     assert len(seen) == 6

@@ -64,9 +64,12 @@ def photos(tmp_path):
 
 
 def test_dedupe_searches_the_stored_faiss_file(photos, tiny_model_path, monkeypatch):
+    from copyscan import index_choice
+
     built = []
-    real_build = ann.build_index
-    monkeypatch.setattr(ann, "build_index", lambda *a, **k: built.append(1) or real_build(*a, **k))
+    for module in (ann, index_choice):  # a search index built in memory, or the index job's (by memory budget)
+        real = module.build_index
+        monkeypatch.setattr(module, "build_index", lambda *a, _real=real, **k: built.append(1) or _real(*a, **k))
     first = api.dedupe(photos / "photos", output=photos / "out", index_dir=photos / "idx", model=str(tiny_model_path),
                        extraction=NO_WORKERS, report=False)
     assert len(built) == 1  # the index job's FAISS file, and no second index for the pairs
