@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import random
 import shutil
 import sys
@@ -64,7 +63,7 @@ def run_query(bench: Path, model, work: Path, idx: dict, name: str, gt, labels, 
     query_root = resolve_root(queries or bench / "queries")
     out = work / f"query-{name}"
     t = time.perf_counter()
-    queried = api.query_folder(query_root, index_dir=idx["path"], output=out, threshold=-math.inf, top_k=10, model=model,
+    queried = api.query_folder(query_root, index_dir=idx["path"], output=out, threshold=-1.0, top_k=10, model=model,
                                report=False, regions=regions, region_settings=settings)
     seconds = time.perf_counter() - t
     if queries is not None:  # a warm-up
@@ -154,7 +153,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
         plain_idx = build_index(args.bench, model, work, False)
         if args.boxes_only:
-            for threshold in (api.DEFAULT_THRESHOLD, -math.inf):
+            for threshold in (api.DEFAULT_THRESHOLD, -1.0):
                 b = box_check(truth, plain_idx["path"], model, work, threshold)
                 report["models"][name] = {"box_check": report["models"].get(name, {}).get("box_check", []) + [b]}
                 print(f"{name} box check: {b}", flush=True)
@@ -178,7 +177,7 @@ def main() -> None:
                 args.bench, model, work, plain_idx, "regions-band", gt, labels, True, RegionSettings(verify_band=(0.45, 0.75)))))
             rows.append(("--regions + references' region rows (index --regions)", run_query(
                 args.bench, model, work, region_idx, "regions-rows", gt, labels, True, RegionSettings(reference_regions=True))))
-            boxes.append(box_check(truth, plain_idx["path"], model, work, -math.inf))
+            boxes.append(box_check(truth, plain_idx["path"], model, work, -1.0))
         report["models"][name] = {"runs": [r for _, r in rows], "rounds": rounds, "median_time_ratio": ratio,
                                   "box_check": boxes}
         print(f"\n## {name}")
