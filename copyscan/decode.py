@@ -10,9 +10,12 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+T = TypeVar("T")
 
 # Images above this many pixels are refused before their pixels are decoded (decompression
 # bombs: a small PNG can declare 60000 x 60000). 250 MP still admits large panoramas.
@@ -182,11 +185,17 @@ def load_thumbnail(path: str, max_side: int) -> Image.Image:
     return img
 
 
-def decode_or_reason(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Decoded | None, str]:
-    """decode_file that never raises: (decoded, "") or (None, the reason to record), for engines."""
+def or_reason(decode: Callable[..., T], *args) -> tuple[T | None, str]:
+    """decode(*args) that never raises: (result, "") or (None, the reason to record). For the
+    decoders of engines and DataLoader workers, where one bad file must cost that file only."""
     try:
-        return decode_file(path, size, max_pixels), ""
+        return decode(*args), ""
     except DecodeError as exc:
         return None, str(exc)
     except Exception as exc:  # a decoder bug must cost one file, not the run
         return None, f"unexpected decoder error: {type(exc).__name__}: {exc}"
+
+
+def decode_or_reason(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Decoded | None, str]:
+    """decode_file that never raises: (decoded, "") or (None, the reason to record), for engines."""
+    return or_reason(decode_file, path, size, max_pixels)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .decode import DEFAULT_MAX_PIXELS, DecodeError, decode_or_reason
+from .decode import DEFAULT_MAX_PIXELS, decode_or_reason, or_reason
 from .discover import FileEntry, Skipped
 from .models.base import DescriptorModel
 from .regions import Box, region_pixels
@@ -73,12 +73,9 @@ class _Files(Dataset):
         if d is None:
             return i, None, reason
         if self.boxes:
-            try:
-                regions = region_pixels(entry.path, self.size, self.boxes, self.max_pixels)
-            except DecodeError as exc:
-                return i, None, str(exc)
-            except Exception as exc:  # a decoder bug must cost one file, not the run
-                return i, None, f"unexpected decoder error: {type(exc).__name__}: {exc}"
+            regions, reason = or_reason(region_pixels, entry.path, self.size, self.boxes, self.max_pixels)
+            if regions is None:
+                return i, None, reason
             return i, (d.pixels, regions), (d.width, d.height, d.content_hash, d.pixel_hash)
         return i, d.pixels, (d.width, d.height, d.content_hash, d.pixel_hash)
 
@@ -171,12 +168,8 @@ class _Requests(Dataset):
 
     def __getitem__(self, i: int):
         path, boxes = self.requests[i]
-        try:
-            return i, region_pixels(path, self.size, boxes, self.max_pixels), None
-        except DecodeError as exc:
-            return i, None, str(exc)
-        except Exception as exc:  # a decoder bug must cost one file, not the run
-            return i, None, f"unexpected decoder error: {type(exc).__name__}: {exc}"
+        pixels, reason = or_reason(region_pixels, path, self.size, boxes, self.max_pixels)
+        return i, pixels, reason or None
 
 
 def _collate_requests(items):
