@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from test_cli import calibrated_model, cli, make_library  # noqa: F401  (fixture)
+from test_apply import cwd, deduped  # noqa: F401  (fixtures: a deduped library in a scratch folder)
+from test_cli import calibrated_model, cli  # noqa: F401  (fixture)
 
 from copyscan.groups_file import read_decisions, read_dedupe_output
 from copyscan.same_files import path_to_b64
@@ -27,15 +28,6 @@ def _driver_paths() -> tuple[str, str] | None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None)
     return (browser, driver) if browser and driver else None
-
-
-@pytest.fixture
-def deduped(tmp_path, monkeypatch, calibrated_model):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("COPYSCAN_INDEX_DIR", raising=False)
-    lib = make_library(tmp_path / "photos", bad=False)
-    cli("dedupe", "./photos", "--model", calibrated_model, "-j", "0", "-q", "-o", "dup")
-    return tmp_path, lib
 
 
 def test_server_refuses_foreign_requests(deduped):
