@@ -268,14 +268,13 @@ def dedupe(
     keeps the image of highest resolution (no `keep` rule, no remembered rejections) and takes
     no `regions`.
     """
-    from .dedupe_scale import SLICED_FROM, sliced_groups
-    from .index_choice import parse_size
-    from .score import pairs_of, references_of
-
     import numpy as np
 
+    from .dedupe_scale import SLICED_FROM, sliced_groups
+    from .index_choice import parse_size
     from .keep import mark_protected
     from .same_files import attach_aliases, collapse_same_files
+    from .score import pairs_of, references_of
     from .store import descriptors_of, paths_of
 
     clock = Throughput()
