@@ -18,7 +18,7 @@ from . import ann
 from .discover import FileEntry, Skipped
 from .extraction import Extraction
 from .group import Pairs
-from .models import is_registered
+from .models import is_registered, model_identity
 from .postprocess import PostProcess, describe_score, load_stored, stored_threshold
 from .regions import RowTable, whole_image_params
 from .results import Match, QueryResult
@@ -94,9 +94,18 @@ def load_index(store: IndexStore) -> LoadedIndex:
 
 
 def model_ref(store: IndexStore, manifest: dict | None = None) -> str:
-    """The registered name of the index's model, else the file it was loaded from."""
+    """The registered name of the index's model, else the file it was loaded from.
+
+    A checkpoint keeps its config's name wherever it is copied (a trained candidate shipped to a
+    scratch folder is called `copyscan_lite0_128` too), so the name counts only where the
+    registered model's weights are the index's: otherwise the name would swap in other weights."""
     m = store.stored_model(manifest)
-    return m.name if is_registered(m.name) else m.source
+    if not is_registered(m.name):
+        return m.source
+    registered = model_identity(m.name)  # None for models known only once loaded (no file header)
+    if registered is None or registered.weights_sha256 == m.weights_sha256 or not m.source:
+        return m.name
+    return m.source
 
 
 def default_threshold(store: IndexStore, manifest: dict | None = None) -> float:

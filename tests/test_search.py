@@ -121,3 +121,26 @@ def test_api_is_keyword_only():
     with pytest.raises(TypeError):
         api.dedupe("photos", "out")
     assert copyscan.Extraction is Extraction and Extraction().batch_size == 32
+
+
+def test_a_copied_checkpoint_named_like_a_shipped_model_keeps_its_own_weights(photos, tiny_model_path, tmp_path):
+    """A candidate checkpoint keeps its config's name (`copyscan_lite0_128`) wherever it is copied:
+    re-running dedupe on its index, with no --model, must use that file, not the packaged model of
+    that name (whose weights differ: the index's model check would refuse them)."""
+    import torch
+
+    from copyscan.models import DEFAULT_MODEL
+    from copyscan.models.checkpoint import load_checkpoint, read_config, save_checkpoint
+    from copyscan.store import IndexStore
+
+    candidate = tmp_path / "candidate" / f"{DEFAULT_MODEL}.safetensors"
+    candidate.parent.mkdir()
+    with torch.no_grad():
+        save_checkpoint(load_checkpoint(tiny_model_path, "cpu").net, dict(read_config(tiny_model_path), name=DEFAULT_MODEL),
+                        candidate)
+    first = api.dedupe(photos / "photos", output=photos / "out", index_dir=photos / "idx", model=str(candidate),
+                       extraction=NO_WORKERS, report=False)
+    assert search.model_ref(IndexStore(photos / "idx")) == str(candidate)
+    again = api.dedupe(photos / "photos", output=photos / "out2", index_dir=photos / "idx", extraction=NO_WORKERS,
+                       report=False)
+    assert [[m.path for m in g.members] for g in again.groups] == [[m.path for m in g.members] for g in first.groups]

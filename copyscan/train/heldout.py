@@ -87,20 +87,27 @@ def _plain_edits() -> list[str]:
 
 
 @torch.no_grad()
-def embed(net: torch.nn.Module, pixels: np.ndarray, mean, std, batch: int = 64) -> torch.Tensor:
-    """L2-normalised embeddings of uint8 NHWC pixels by `net` in eval mode (mode restored after)."""
+def run_eval(net: torch.nn.Module, pixels: np.ndarray, mean, std, batch: int = 64, fn=None) -> torch.Tensor:
+    """`fn` (default: `net` itself) of uint8 NHWC pixels, normalised as the model wants, with `net`
+    in eval mode (its mode restored after)."""
     was_training = net.training
     net.eval()
     m = torch.tensor(mean).view(1, 3, 1, 1) * 255.0
     s = torch.tensor(std).view(1, 3, 1, 1) * 255.0
+    fn = fn or net
     out = []
     try:
         for i in range(0, len(pixels), batch):
-            x = torch.from_numpy(pixels[i:i + batch]).permute(0, 3, 1, 2).float()
-            out.append(F.normalize(net((x - m) / s).float(), dim=1))
+            x = torch.from_numpy(np.ascontiguousarray(pixels[i:i + batch])).permute(0, 3, 1, 2).float()
+            out.append(fn((x - m) / s).float())
     finally:
         net.train(was_training)
     return torch.cat(out)
+
+
+def embed(net: torch.nn.Module, pixels: np.ndarray, mean, std, batch: int = 64) -> torch.Tensor:
+    """L2-normalised embeddings of uint8 NHWC pixels by `net` in eval mode."""
+    return F.normalize(run_eval(net, pixels, mean, std, batch), dim=1)
 
 
 def score(refs: torch.Tensor, queries: torch.Tensor, n_copies: int, kinds: list[str] | None = None) -> dict:
