@@ -168,7 +168,8 @@ def query_folder(
     """Match every image under `folder` against the index: OUT/matches.csv and OUT/report.html.
 
     A match is kept when its score is at least `threshold` (-1 keeps every top-k match; None:
-    the index's suggested threshold with post-processing, else DEFAULT_THRESHOLD). A file
+    the index's suggested threshold with post-processing, else the model's calibrated threshold,
+    `copyscan.models.model_threshold`, else DEFAULT_THRESHOLD). A file
     matched against itself (same path) is left out. With score normalisation in the index, a
     score is the cosine less the query's background bias (see copyscan.score). `regions` also
     scores crops of uncertain queries and places the copy's box by geometric verification

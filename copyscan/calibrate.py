@@ -33,7 +33,7 @@ from .discover import FileEntry, discover, display_path, resolve_root
 from .embed import embed_entries
 from .errors import UserError
 from .validate import check_sizes, check_threshold
-from .models import DEFAULT_MODEL, DescriptorModel, create_model
+from .models import DEFAULT_MODEL, DescriptorModel, create_model, model_threshold
 from .score import DEFAULT_THRESHOLD
 
 DEFAULT_PRECISIONS = (0.99, 0.9)
@@ -65,7 +65,7 @@ class Calibration:
     seed: int
     edits: list[str]
     points: list[OperatingPoint]
-    at_threshold: OperatingPoint  # what a given threshold (the default, DEFAULT_THRESHOLD) gives on this sample
+    at_threshold: OperatingPoint  # what a given threshold (default: the one `query` and `dedupe` would use) gives
     per_edit_median: dict[str, float]
     skipped: int
     copy_scores: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.float32))
@@ -84,7 +84,7 @@ def calibrate(
     edits: list[str] | None = None,
     difficulty: str = "medium",
     precisions: tuple[float, ...] = DEFAULT_PRECISIONS,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
     seed: int = 0,
     batch_size: int = 32,
     workers: int | None = None,
@@ -104,6 +104,9 @@ def calibrate(
     for p in precisions:
         if not 0 < p <= 1:
             raise UserError(f"precision {p} is not in (0, 1]")
+    if threshold is None:  # the model's own calibrated threshold, as `query` and `dedupe` use it
+        own = model_threshold(model) if isinstance(model, (str, os.PathLike)) else None
+        threshold = DEFAULT_THRESHOLD if own is None else own
     check_threshold(threshold, None)  # calibration scores are cosines
     check_sizes(batch_size=batch_size, workers=workers)
     m = create_model(model, device) if isinstance(model, (str, os.PathLike)) else model

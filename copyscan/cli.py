@@ -26,7 +26,7 @@ from rich.console import Console
 from .discover import display_path
 from .errors import Interrupted, UserError
 from .models import DEFAULT_MODEL
-from .score import DEFAULT_THRESHOLD, DEFAULT_TOP_K
+from .score import DEFAULT_TOP_K
 from .speed import STAGES as SPEED_STAGES
 from .validate import MAX_BATCH_SIZE, MAX_TOP_K, MAX_WORKERS
 from .version import __version__
@@ -183,7 +183,7 @@ def query(
     folder: Path = DirArg,
     index_dir: Optional[Path] = IndexOpt,
     output: Path = typer.Option(Path("copyscan-query"), "--output", "-o", help="Folder for matches.csv and report.html (created if missing)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Keep matches scoring at least this: a cosine similarity, -1 to 1 (wider with score normalisation); -1 keeps every top-k match \\[default: 0.75, or the index's suggested threshold with score normalisation].", show_default=False),
+    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Keep matches scoring at least this: a cosine similarity, -1 to 1 (wider with score normalisation); -1 keeps every top-k match \\[default: the model's calibrated threshold (`copyscan models` shows it; 0.75 for a model without one), or the index's suggested threshold with score normalisation].", show_default=False),
     top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", "-k", min=1, max=MAX_TOP_K, help="Matches per query at most."),
     model: Optional[str] = ModelOpt,
     batch_size: int = BatchOpt,
@@ -222,7 +222,7 @@ def query(
 def dedupe(
     folder: Path = DirArg,
     output: Path = typer.Option(Path("copyscan-dedupe"), "--output", "-o", help="Folder for groups.csv, groups.json and report.html (created if missing)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Two images are copies when their score is at least this: a cosine similarity, -1 to 1 (wider with score normalisation) \\[default: 0.75, or the index's suggested threshold with score normalisation].", show_default=False),
+    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Two images are copies when their score is at least this: a cosine similarity, -1 to 1 (wider with score normalisation) \\[default: the model's calibrated threshold (`copyscan models` shows it; 0.75 for a model without one), or the index's suggested threshold with score normalisation].", show_default=False),
     index_dir: Optional[Path] = IndexOpt,
     model: Optional[str] = ModelOpt,
     batch_size: int = BatchOpt,
@@ -283,7 +283,7 @@ def models() -> None:
     import shutil
     import textwrap
 
-    from .models import list_models
+    from .models import list_models, model_threshold
 
     # One block per model, wrapped to the terminal: a table squeezed into 80 columns cut almost
     # every cell ("Apache-...", "copysca..."). Names are what users type: never wrapped.
@@ -293,7 +293,9 @@ def models() -> None:
         if i:
             out.print()
         out.print(f"[bold]{_esc(name)}[/]")
+        own = model_threshold(m.name)
         for text in (f"{m.dim}-d descriptor, {m.input_size} px input; licence: {m.license}", m.description,
+                     f"default threshold: {own:g} (calibrated for this model)" if own is not None else "",
                      f"needs: {m.requires}" if m.requires else ""):
             for line in textwrap.wrap(text, width - 1, initial_indent="  ", subsequent_indent="    ",
                                       break_long_words=False, break_on_hyphens=False):
@@ -571,7 +573,7 @@ def calibrate(
     edits: Optional[str] = typer.Option(None, "--edits", help="Comma-separated edits to test \\[default: all but rotate90, vflip].", show_default=False),
     difficulty: str = typer.Option("medium", "--difficulty", help="easy, medium or hard edits."),
     precision: Optional[list[float]] = typer.Option(None, "--precision", "-p", help="Target precision (0 to 1); repeatable \\[default: 0.99 and 0.9].", show_default=False),
-    threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold", "-t", help="A threshold (cosine) to report as well."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="A threshold (cosine) to report as well \\[default: the model's own, the one `query` and `dedupe` use].", show_default=False),
     output: Path = typer.Option(Path("copyscan-calibrate"), "--output", "-o", help="Folder for report.html, calibration.json, scores.csv."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample and the edits."),
     batch_size: int = BatchOpt,
@@ -607,7 +609,7 @@ def calibrate(
     files = _run(write_outputs, cal, output)
     out.print(f"{cal.model} on {cal.originals} photos of {_esc(cal.folder)}: {cal.copies} edited copies, "
               f"{cal.non_copy_pairs:,} non-copy pairs")
-    table = Table("", *[f"P >= {p.target_precision:g}" for p in cal.points], f"threshold {threshold:g}")
+    table = Table("", *[f"P >= {p.target_precision:g}" for p in cal.points], f"threshold {cal.at_threshold.threshold:g}")
     pts = cal.points + [cal.at_threshold]
     fmt = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
     table.add_row("threshold", *[fmt(p.threshold) for p in pts])

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 # numpy is imported inside the functions: the CLI reads the defaults below at start-up.
-DEFAULT_THRESHOLD = 0.75  # for cosines (checked for the default model with `copyscan calibrate`: training/MODELS.md); with post-processing, the index's suggested threshold
+DEFAULT_THRESHOLD = 0.75  # for cosines of a model that has no calibrated threshold of its own (models.model_threshold; shipped models carry one: training/MODELS.md); with post-processing, the index's suggested threshold
 DEFAULT_TOP_K = 5
 COSINE = "cosine"
 

@@ -18,7 +18,7 @@ from . import ann
 from .discover import FileEntry, Skipped
 from .extraction import Extraction
 from .group import Pairs
-from .models import is_registered, model_identity
+from .models import is_registered, model_identity, model_threshold
 from .postprocess import PostProcess, describe_score, load_stored, stored_threshold
 from .regions import RowTable, whole_image_params
 from .results import Match, QueryResult
@@ -109,10 +109,14 @@ def model_ref(store: IndexStore, manifest: dict | None = None) -> str:
 
 
 def default_threshold(store: IndexStore, manifest: dict | None = None) -> float:
-    """DEFAULT_THRESHOLD for cosines; with post-processing, the score that 1 in 100,000 pairs of
-    background images reaches (recorded when it was fitted): normalised scores are on another scale."""
+    """With post-processing, the score that 1 in 100,000 pairs of background images reaches
+    (recorded when it was fitted: normalised scores are on another scale); for cosines, the
+    threshold calibrated for the index's model (`model_threshold`), else DEFAULT_THRESHOLD."""
     suggested = stored_threshold(store.postprocess_entry(manifest))
-    return DEFAULT_THRESHOLD if suggested is None else suggested
+    if suggested is not None:
+        return suggested
+    own = model_threshold(model_ref(store, manifest))
+    return DEFAULT_THRESHOLD if own is None else own
 
 
 # ---- query: new images against the index --------------------------------------------------------

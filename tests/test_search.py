@@ -144,3 +144,33 @@ def test_a_copied_checkpoint_named_like_a_shipped_model_keeps_its_own_weights(ph
     again = api.dedupe(photos / "photos", output=photos / "out2", index_dir=photos / "idx", extraction=NO_WORKERS,
                        report=False)
     assert [[m.path for m in g.members] for g in again.groups] == [[m.path for m in g.members] for g in first.groups]
+
+
+def _with_config(source, target, **changes):
+    import torch
+
+    from copyscan.models.checkpoint import load_checkpoint, read_config, save_checkpoint
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        save_checkpoint(load_checkpoint(source, "cpu").net, dict(read_config(source), **changes), target)
+    return target
+
+
+def test_the_default_threshold_is_the_models_own(photos, tiny_model_path, tmp_path):
+    """A shipped model carries its calibrated cosine threshold: query, dedupe and calibrate use
+    it when no --threshold is given; a model without one gets DEFAULT_THRESHOLD."""
+    from copyscan.calibrate import calibrate
+    from copyscan.models import model_threshold
+    from copyscan.score import DEFAULT_THRESHOLD
+
+    own = _with_config(tiny_model_path, tmp_path / "m" / "own.safetensors", threshold=0.42)
+    assert model_threshold(own) == 0.42 and model_threshold(tiny_model_path) is None
+    for model, expected in ((own, 0.42), (tiny_model_path, DEFAULT_THRESHOLD)):
+        out = photos / f"out-{expected}"
+        api.dedupe(photos / "photos", output=out, index_dir=photos / f"idx-{expected}", model=str(model),
+                   extraction=NO_WORKERS, report=False)
+        assert json.loads((out / "groups.json").read_text())["threshold"] == expected
+        assert api.load_index(photos / f"idx-{expected}").threshold == expected
+    cal = calibrate(photos / "bg", model=str(own), sample=4, edits=["jpeg"], workers=0)
+    assert cal.at_threshold.threshold == 0.42

@@ -1,7 +1,7 @@
 """Turn a `copyscan train` checkpoint into a model shipped inside the package.
 
     python training/ship_model.py RUN_DIR/model.safetensors copyscan_lite0_128 \\
-        [--input-size 160] [--fold-background DIR [--whiten 0.5]] [--description "..."]
+        [--input-size 160] [--fold-background DIR [--whiten 0.5]] [--threshold T] [--description "..."]
 
 Writes copyscan/weights/NAME.safetensors: the same weights in fp16 (half the size; descriptors
 change by ~1e-3 cosine, far below what separates copies from non-copies) with the config's name,
@@ -29,7 +29,7 @@ LICENCE = "Apache-2.0 (Lite0 ImageNet start: Apache-2.0; distilled from SSCD, MI
 
 def ship(source: str, name: str, input_size: int | None = None, description: str | None = None,
          weights_dir: str | os.PathLike = ROOT / "copyscan" / "weights", fold_background: str | None = None,
-         whiten: float = 0.0, fold_images: int = 5000, dims: int | None = None) -> Path:
+         whiten: float = 0.0, fold_images: int = 5000, dims: int | None = None, threshold: float | None = None) -> Path:
     from copyscan.train.data import list_images, plain_batches
     from copyscan.train.student import fold_centring
 
@@ -45,6 +45,8 @@ def ship(source: str, name: str, input_size: int | None = None, description: str
         info = fold_centring(net, batches, config["mean"], config["std"], torch.device("cpu"), whiten, dims)
         config["embed_dim"] = net.out_dim
         config["folded_background"] = {"folder": os.path.basename(os.path.abspath(fold_background)), **info}
+    if threshold is not None:  # calibrated on photos that are not the benchmark's (`copyscan calibrate`)
+        config["threshold"] = float(threshold)
     dim = config["embed_dim"] or config["feature_dim"]
     config["description"] = description or (
         f"copyscan's copy detector: EfficientNet-Lite0 distilled from SSCD (RDCD), {dim}-d, {config['input_size']} px")
@@ -65,9 +67,11 @@ def main() -> None:
     ap.add_argument("--fold-images", type=int, default=5000)
     ap.add_argument("--dims", type=int, help="Keep only the strongest principal axes of the background (needs --fold-background).")
     ap.add_argument("--weights-dir", default=str(ROOT / "copyscan" / "weights"))
+    ap.add_argument("--threshold", type=float, help="The model's default cosine threshold for query and dedupe "
+                    "(from `copyscan calibrate` on photos outside the benchmarks).")
     args = ap.parse_args()
     target = ship(args.checkpoint, args.name, args.input_size, args.description, args.weights_dir,
-                  args.fold_background, args.whiten, args.fold_images, args.dims)
+                  args.fold_background, args.whiten, args.fold_images, args.dims, args.threshold)
     print(f"{target} ({target.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -54,13 +54,29 @@ def is_registered(name: str) -> bool:
     return name in _REGISTRY
 
 
+def _checkpoint_of(name_or_path: str | os.PathLike) -> str | None:
+    """The copyscan checkpoint file behind a registered name or a path, if there is one."""
+    key = os.fspath(name_or_path)
+    spec = _REGISTRY.get(key)
+    return spec.checkpoint if spec else (key if key.lower().endswith(".safetensors") and os.path.isfile(key) else None)
+
+
 def model_identity(name_or_path: str | os.PathLike) -> ModelInfo | None:
     """The identity a model would have, read without loading it, when its file's header says it
     (a copyscan checkpoint, registered or by path); None for models that must be loaded to know."""
-    key = os.fspath(name_or_path)
-    spec = _REGISTRY.get(key)
-    checkpoint = spec.checkpoint if spec else (key if key.lower().endswith(".safetensors") and os.path.isfile(key) else None)
+    checkpoint = _checkpoint_of(name_or_path)
     return checkpoint_info(checkpoint, read_config(checkpoint)) if checkpoint else None
+
+
+def model_threshold(name_or_path: str | os.PathLike) -> float | None:
+    """The cosine threshold calibrated for a copyscan checkpoint (its config's `threshold`, set
+    when it was shipped: training/MODELS.md), read without loading it; None where it has none.
+
+    Each model's cosines sit on their own scale (a 256-d head spreads photos further apart than a
+    64-d one), so one number cannot serve every model: the threshold belongs to the model."""
+    checkpoint = _checkpoint_of(name_or_path)
+    value = read_config(checkpoint).get("threshold") if checkpoint else None
+    return None if value is None else float(value)
 
 
 def create_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "auto",
@@ -192,5 +208,6 @@ _register_packaged()
 __all__ = [
     "DEFAULT_MODEL", "DescriptorModel", "DescriptorNet", "GeM", "LazyModel", "ModelInfo", "ModelSpec", "ModelUnavailable",
     "TorchDescriptor", "create_model", "is_registered", "list_models", "load_checkpoint", "make_config", "model_identity",
+    "model_threshold",
     "register_model", "resolve_device", "save_checkpoint", "sha256_file",
 ]
