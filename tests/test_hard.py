@@ -238,3 +238,29 @@ def test_cli_bench_synth_hard(tmp_path):
     assert r.exit_code == 0, r.output
     with open(tmp_path / "b" / "labels.csv", newline="") as fh:
         assert {row["difficulty"] for row in csv.DictReader(fh)} == {"hard-framing"}
+
+
+def test_sigterm_saves_the_state_of_every_step_done(train_photos, tiny_model_path, tmp_path, monkeypatch):
+    """`kill PID` (SIGTERM) of a background run saves its state before it exits, as Ctrl-C does:
+    with checkpoints only every 100 steps, nothing would be kept otherwise."""
+    import os
+    import signal
+
+    import torch
+
+    run = HardRun(tiny_config(train_photos, tmp_path / "t", tiny_model_path, eval_every=100))
+    real = run.step_once
+
+    def step_then_kill(*a):
+        out = real(*a)
+        if run.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(run, "step_once", step_then_kill)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        run.run()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the run's only while it runs
+    state = torch.load(tmp_path / "t" / "state.pt", map_location="cpu", weights_only=True)
+    assert state["step"] == 3

@@ -11,9 +11,12 @@ that `copyscan index --model RUN_DIR/model.safetensors` uses as is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import signal
+import threading
 from typing import Any
 
 import numpy as np
@@ -78,3 +81,24 @@ def export_model(net: torch.nn.Module, config: dict[str, Any], run_dir: str) -> 
     with open(os.path.join(run_dir, MODEL_CONFIG_FILE), "w") as fh:
         json.dump(config, fh, indent=2)
     return path
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt():
+    """Within the block, SIGTERM (what `kill`, a scheduler or a container stop sends) raises
+    KeyboardInterrupt as Ctrl-C does, so a training loop saves its state before it exits: a run
+    started in the background (`nohup ... &`) ignores SIGINT, and SIGTERM's default would lose
+    every step since the last checkpoint. Only the main thread can own a handler; elsewhere the
+    block runs unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

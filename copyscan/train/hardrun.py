@@ -50,6 +50,7 @@ from . import heldout as heldout_mod
 from .data import SampleOrder, list_images, open_substituted, view_seed
 from .losses import EmbeddingQueue, hard_negative, moco_contrast, relational_kl
 from .loop import step_seed
+from .checkpointing import stop_signals_interrupt
 from .student import momentum_twin, momentum_update
 
 QUERY, KEY, OTHER = 0, 1, 2
@@ -348,23 +349,25 @@ class HardRun:
             HardViews(c.data_dir, self.paths, self.order, c), batch_sampler=_Batches(self.step, stop, c.batch_size),
             num_workers=c.workers, collate_fn=_collate, prefetch_factor=4 if c.workers else None)
         began, start_step, last = time.perf_counter(), self.step, {}
-        try:
-            for query, key, images in loader:
-                values = self.step_once(query, key, images)
-                if self.step % c.log_every == 0:
-                    elapsed = time.perf_counter() - began
-                    last = {"step": self.step, "lr": lr_at(c, self.step - 1), **{k: round(v, 4) for k, v in values.items()},
-                            "images_per_s": round((self.step - start_step) * c.batch_size / elapsed, 2),
-                            "elapsed_s": round(elapsed, 1)}
-                    self._log("metrics.jsonl", last)
-                if self.step % c.eval_every == 0:
-                    self.evaluate()
-                    self.export("model.safetensors")
-                if self.step % c.checkpoint_every == 0:
-                    self.save_state()
-        except KeyboardInterrupt:
-            self.save_state()
-            raise
+        with stop_signals_interrupt():  # SIGTERM saves the state as Ctrl-C does (a background run ignores SIGINT)
+            try:
+                for query, key, images in loader:
+                    values = self.step_once(query, key, images)
+                    if self.step % c.log_every == 0:
+                        elapsed = time.perf_counter() - began
+                        last = {"step": self.step, "lr": lr_at(c, self.step - 1),
+                                **{k: round(v, 4) for k, v in values.items()},
+                                "images_per_s": round((self.step - start_step) * c.batch_size / elapsed, 2),
+                                "elapsed_s": round(elapsed, 1)}
+                        self._log("metrics.jsonl", last)
+                    if self.step % c.eval_every == 0:
+                        self.evaluate()
+                        self.export("model.safetensors")
+                    if self.step % c.checkpoint_every == 0:
+                        self.save_state()
+            except KeyboardInterrupt:
+                self.save_state()
+                raise
         self.save_state()
         self.export("model.safetensors")
         return last

@@ -28,7 +28,7 @@ from ..errors import Interrupted as RunInterrupted
 from ..errors import ModelUnavailable
 from ..models.base import resolve_device
 from . import distributed
-from .checkpointing import export_model, load_state, rng_states, save_state, set_rng_states
+from .checkpointing import export_model, load_state, rng_states, save_state, set_rng_states, stop_signals_interrupt
 from .config import TrainConfig, check_resumable, save_config
 from .data import SampleOrder, StepBatches, ViewPairs, collate, list_images, mix_keys, plain_batches
 from .losses import EmbeddingQueue, hard_negative, info_nce, koleo, moco_contrast, relational_kl
@@ -241,6 +241,11 @@ class _Run:
 
     # ---------------------------------------------------------------- loop
     def run(self, stop_after: int | None, on_step) -> TrainSummary:
+        # SIGTERM saves the state as Ctrl-C does (a background run ignores SIGINT).
+        with stop_signals_interrupt():
+            return self._run(stop_after, on_step)
+
+    def _run(self, stop_after: int | None, on_step) -> TrainSummary:
         c = self.c
         if self.d.main:
             save_config(c, os.path.join(self.run_dir, "train_config.json"))
