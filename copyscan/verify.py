@@ -1,7 +1,7 @@
 """Geometric verification: does a reference appear in a query, and where (OpenCV local features).
 
 Two images are described by ORB keypoints (binary descriptors: the fastest OpenCV detector, a few
-milliseconds at 512 pixels, where SIFT takes about 25 ms), matched with Lowe's ratio test, and an
+milliseconds at 384-512 pixels, where SIFT takes about 25 ms), matched with Lowe's ratio test, and an
 affine map from the reference onto the query is fitted robustly (RANSAC). Enough inliers mean the
 reference, or a part of it, is in the query; the map then gives where the copy sits on each side:
 
@@ -27,7 +27,10 @@ from PIL import Image
 
 from .regions import Box
 
-FEATURE_SIDE = 512  # longest side the features are computed at: pastes of 30% still get ~150 px
+# Longest side the features are computed at: pastes of 30% still get ~115 px. On the dev benchmark
+# 384 verified more copies than 512 (micro AP 0.831 against 0.825 with --regions' defaults) at
+# about 60% of ORB's time (BENCHMARKS.md "Regions", the feature-side rows).
+FEATURE_SIDE = 384
 MAX_FEATURES = 500  # with 1000, matching took 8 ms a pair on the dev benchmark, against 3 ms
 RATIO = 0.8  # Lowe's ratio test
 MIN_INLIERS = 15  # below this, random matches fit an affine map too often (BENCHMARKS.md)
