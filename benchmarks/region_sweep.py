@@ -279,6 +279,12 @@ def main() -> None:
                 for place in (0.45, 9.0):
                     settings.append(Setting("centre 60%", cut, place_from=place, band=band, inliers=inl,
                                             embed_boxes=False))
+        for cut in (0.45, 0.5):
+            settings.append(Setting("centre 60%", cut, place_from=0.45, band=(0.38, 0.6), inliers=(20, 0.75, 0.1),
+                                    embed_boxes=False))
+        for lo in (0.36, 0.37, 0.38, 0.39):
+            settings.append(Setting("centre 60%", 0.55, place_from=0.45, band=(lo, 0.6), inliers=(20, 0.75, 0.1),
+                                    embed_boxes=False))
         for inl in ((15, 0.75, 0.1), (25, 0.75, 0.1), (30, 0.75, 0.1), (20, 0.7, 0.1), (20, 0.75, 0.0)):
             settings.append(Setting("centre 60%", 0.65, place_from=0.45, band=(0.35, 0.6), inliers=inl,
                                     embed_boxes=False))
