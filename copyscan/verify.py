@@ -12,9 +12,9 @@ A photo pasted into a screenshot gets a small query box and the full reference b
 poster gets the full query box and a small reference box. Boxes are (x0, y0, x1, y1) in fractions
 of width and height (copyscan.regions.Box).
 
-The inlier count is not a score on the descriptor's scale, so search does not use it as one: it
-re-embeds the verified box and scores it by the same cosine (copyscan.region_search), and the
-threshold keeps its meaning. An affine map covers the library's edits up to a mild perspective
+The inlier count is not a score on the descriptor's scale: search maps it onto one, anchored at
+the index's default threshold (copyscan.region_search.verified_score), because pairs with enough
+inliers are copies as reliably as pairs scoring that threshold (BENCHMARKS.md "Regions"). An affine map covers the library's edits up to a mild perspective
 (resize, crop, aspect, rotation, paste, screenshot); a mirrored copy is not verified.
 """
 
@@ -28,8 +28,9 @@ from PIL import Image
 from .regions import Box
 
 # Longest side the features are computed at: pastes of 30% still get ~115 px. On the dev benchmark
-# 384 verified more copies than 512 (micro AP 0.831 against 0.825 with --regions' defaults) at
-# about 60% of ORB's time (BENCHMARKS.md "Regions", the feature-side rows).
+# 384 verified more copies than 512 (micro AP 0.831 against 0.825, same bands) in about 80% of the
+# time (ORB features of an image: 15.3 against 18.7 ms on the loaded machine; BENCHMARKS.md
+# "Regions", the feature-side rows).
 FEATURE_SIDE = 384
 MAX_FEATURES = 500  # with 1000, matching took 8 ms a pair on the dev benchmark, against 3 ms
 RATIO = 0.8  # Lowe's ratio test
