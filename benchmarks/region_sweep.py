@@ -14,7 +14,8 @@ per query, as `eval` runs (no threshold: every top-10 match is scored).
 
 Tables: crops (crop sets and cuts, no verification), verify (the boxes re-embedded, the previous
 rule), inliers and budget (verified pairs scored by their inliers, on more or fewer pairs), band
-(the chosen shape around its defaults), discount (a crop's score counted less).
+(the chosen shape around its defaults), discount (a crop's score counted less), precision (copies
+among verified pairs by inliers, and among pairs by cosine).
 """
 
 from __future__ import annotations
@@ -127,6 +128,34 @@ def centred_crops(model, paths: list[str], cache: Path) -> dict[float, np.ndarra
     return {s: d[:, i] for i, s in enumerate(sides)}
 
 
+def precision_table(b: Cached, verifier: Verifier, top: int = 3) -> None:
+    """Copies among the pairs scoring at least a cosine (plain top 10), and among the pairs
+    verified with at least so many inliers (the best `top` of whole image and centred 60% crop,
+    every query verified)."""
+    gs, gi = b.index.search(b.qd, K)
+    cs, ci = b.index.search(np.ascontiguousarray(b.qc[:, 4]), K)  # the centred 60% crop
+    copy = lambda q, r: (b.qid[q], b.rid[r]) in b.gt.pairs  # noqa: E731
+    print("\n| whole-image cosine at least | pairs | copies |\n|---|---|---|")
+    for t in (0.65, 0.7, 0.75, 0.8):
+        hits = [(q, int(r)) for q in range(len(b.qp)) for s, r in zip(gs[q], gi[q]) if s >= t]
+        print(f"| {t} | {len(hits)} | {sum(copy(q, r) for q, r in hits)} |")
+    counts = {f: [0, 0] for f in (15, 20, 25, 30, 40)}
+    for q in range(len(b.qp)):
+        cand: dict[int, float] = {}
+        for s, r in list(zip(gs[q], gi[q])) + list(zip(cs[q], ci[q])):
+            cand[int(r)] = max(cand.get(int(r), -9.0), float(s))
+        for r, _ in sorted(cand.items(), key=lambda t: -t[1])[:top]:
+            v = verifier.get(b.qp[q], b.rp[r], b.qd[q], b.rd[r])
+            for f in counts:
+                if v is not None and v[0] >= f:
+                    counts[f][0] += 1
+                    counts[f][1] += copy(q, r)
+    verifier.save()
+    print(f"\n| verified (the best {top} of every query) with inliers at least | pairs | copies |\n|---|---|---|")
+    for f, (n, c) in counts.items():
+        print(f"| {f} | {n} | {c} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bench", type=Path)
@@ -209,6 +238,9 @@ def main() -> None:
     print("best whole-image score, share of queries below: "
           + ", ".join(f"{c}: {np.mean(gs[:, 0] < c):.2f} (copies {np.mean(gs[copies, 0] < c):.2f})"
                       for c in (0.45, 0.55, 0.65, 0.75, 0.85)))
+    tables = args.tables.split(",")
+    if "precision" in tables:  # are verified pairs copies as often as pairs scoring the threshold?
+        precision_table(b, verifier)
     print("\n| crops | cut | verify crop-won from | verify band | low-band crops | model calls / query | "
           "verified pairs / query | micro AP | acc@1 | " + " | ".join(f"{e} @1" for e in SHOWN) + " |")
     print("|---|---|---|---|---|---|---|---|---|" + "---|" * len(SHOWN))
@@ -232,7 +264,6 @@ def main() -> None:
             print(f"  ({time.perf_counter() - t:.0f} s, {verifier.seconds:.0f} s verifying so far)", file=sys.stderr)
 
     row(Setting("none", 0.0, place_from=9.0))
-    tables = args.tables.split(",")
     settings = []
     if "crops" in tables:
         for name in CROP_SETS:

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from copyscan import api  # noqa: E402
 from copyscan.discover import discover, resolve_root  # noqa: E402
 from copyscan.evaluate import _predictions_from_matches, load_labels, per_edit_table  # noqa: E402
-from copyscan.metrics import evaluate, load_ground_truth  # noqa: E402
+from copyscan.metrics import evaluate, load_ground_truth, pairs_found  # noqa: E402
 from copyscan.models import create_model  # noqa: E402
 from copyscan.region_search import RegionSettings  # noqa: E402
 from copyscan.regions import iou  # noqa: E402
@@ -73,7 +73,11 @@ def run_query(bench: Path, model, work: Path, idx: dict, name: str, gt, labels, 
     predictions = _predictions_from_matches(out / "matches.csv", query_root, ref_root)
     metrics = evaluate(gt, predictions, unknown_queries="error")
     edits = {r.edit: r.acc_at_1 for r in per_edit_table(gt, predictions, metrics, labels)}
+    # Does the default threshold keep its meaning? The pairs scoring at least it, and the copies among them.
+    at_threshold = int((predictions.scores >= api.DEFAULT_THRESHOLD).sum())
+    copies_at_threshold = len(pairs_found(gt, predictions, api.DEFAULT_THRESHOLD))
     return {
+        "pairs_at_threshold": at_threshold, "copies_at_threshold": copies_at_threshold,
         "name": name, "regions": regions, "settings": asdict(settings) if settings else None,
         "micro_ap": metrics.micro_ap, "acc_at_1": metrics.acc_at_1, "recall_at_p90": metrics.recall_at_p90,
         "rank1_per_edit": edits, "queries": queried.queries, "query_seconds": seconds,
@@ -192,6 +196,9 @@ def main() -> None:
             x = 1.0 if r is plain else ratio if r is regions else r["query_seconds"] / plain_s
             print(f"| {label} | {r['micro_ap']:.4f} | {r['acc_at_1']:.4f} | {edits} | {r['queries_per_s']:.1f} | "
                   f"{x:.2f} | {r['index_bytes'] / 1e6:.2f} |")
+        for label, r in rows:
+            print(f"{label}: {r['copies_at_threshold']} copies among the {r['pairs_at_threshold']} pairs scoring "
+                  f">= {api.DEFAULT_THRESHOLD}")
         print(f"time ratio --regions / plain per round: {[round(b['query_seconds'] / a['query_seconds'], 2) for a, b in rounds]}")
         print(f"index seconds: plain {plain_idx['seconds']:.1f}"
               + (f", --regions {region_idx['seconds']:.1f}" if not args.core else ""))
