@@ -15,7 +15,9 @@ per query, as `eval` runs (no threshold: every top-10 match is scored).
 Tables: crops (crop sets and cuts, no verification), verify (the boxes re-embedded, the previous
 rule), inliers and budget (verified pairs scored by their inliers, on more or fewer pairs), band
 (the chosen shape around its defaults), discount (a crop's score counted less), precision (copies
-among verified pairs by inliers, and among pairs by cosine).
+among verified pairs by inliers, and among pairs by cosine), shift (every band and the anchor
+moved together, for a model on another cosine scale), anchor (only the verified score's anchor
+moved).
 """
 
 from __future__ import annotations
@@ -172,7 +174,7 @@ def main() -> None:
     model = create_model(args.model, "cpu")
     b = Cached(args.bench, model, args.cache)
     rp, rd, qp, qd, grid, gt, labels, rid, qid, index = b.rp, b.rd, b.qp, b.qd, b.qc, b.gt, b.labels, b.rid, b.qid, b.index
-    centred = centred_crops(model, qp, args.cache)
+    centred: dict[float, np.ndarray] = {}  # embedded when a crop set first needs them
     kk = K + 1  # the Refiner searches top_k + 1
     gs, gi = index.search(qd, kk)
     verifier = Verifier(model, args.cache, "" if not args.feature_side else f"-{args.feature_side}")
@@ -181,6 +183,8 @@ def main() -> None:
 
     def crop_hits(name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in hits:
+            if not centred and any(kind == "c" for kind, _ in CROP_SETS[name]):
+                centred.update(centred_crops(model, qp, args.cache))
             vecs = np.stack([grid[:, i] if kind == "g" else centred[i] for kind, i in CROP_SETS[name]], 1)
             s, i = index.search(np.ascontiguousarray(vecs.reshape(-1, rd.shape[1])), kk)
             hits[name] = (s.reshape(len(qp), -1), i.reshape(len(qp), -1))
@@ -294,6 +298,16 @@ def main() -> None:
                     for top in ((1, 2) if band else (1,)):
                         settings.append(Setting("centre 60%", cut, place_from=place, band=band, verify_top=top,
                                                 inliers=inl, embed_boxes=False))
+    if "shift" in tables:  # every band and the verified anchor moved together (a model on another scale)
+        for d in (0.05, 0.0, -0.05, -0.1, -0.15, -0.2):
+            settings.append(Setting("centre 60%", 0.55 + d, place_from=0.45 + d, band=(0.38 + d, 0.6 + d),
+                                    inliers=(20, 0.75 + d, 0.1), embed_boxes=False))
+    if "anchor" in tables:  # the bands as they are, the verified score anchored at another threshold
+        for a in (0.75, 0.7, 0.65, 0.6):
+            settings.append(Setting("centre 60%", 0.55, place_from=0.45, band=(0.38, 0.6), inliers=(20, a, 0.1),
+                                    embed_boxes=False))
+        settings.append(Setting("centre 60%", 0.55, place_from=0.45, band=(0.35, 0.6), inliers=(20, 0.75, 0.1),
+                                embed_boxes=False))
     if "discount" in tables:
         for cut in (0.55, 0.65, 0.75):
             for d in (0.0, 0.02, 0.05, 0.08, 0.12):
