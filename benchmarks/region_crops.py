@@ -68,6 +68,38 @@ def crops(model, paths: list[str], cache: Path, name: str) -> np.ndarray:
     return out
 
 
+class Cached:
+    """A benchmark's whole images and query crops, embedded once into `cache`, its truth, and an
+    exact index of its references."""
+
+    def __init__(self, bench: Path, model, cache: Path):
+        import faiss
+
+        self.rp, self.rd = whole(model, bench / "references", cache, "refs")
+        self.qp, self.qd = whole(model, bench / "queries", cache, "queries")
+        self.qc = crops(model, self.qp, cache, "qcrops")
+        self.gt = load_ground_truth(bench / "gt.csv")
+        self.labels = load_labels(bench / "labels.csv")
+        self.rid = [os.path.basename(p) for p in self.rp]
+        self.qid = [os.path.basename(p) for p in self.qp]
+        self.index = faiss.IndexFlatIP(self.rd.shape[1])
+        self.index.add(self.rd)
+
+
+def score_cells(best: list[dict[int, float]], qid: list[str], rid: list[str], gt, labels,
+                edits: tuple[str, ...] = EDITS) -> str:
+    """'micro AP | acc@1 | rank 1 of each edit' of each query's {reference: score} (its top K)."""
+    rows = [(q, rid[r], s) for q, d in zip(qid, best) for r, s in sorted(d.items(), key=lambda t: -t[1])[:K]]
+    p = Predictions.from_rows(rows)
+    m = evaluate(gt, p, unknown_queries="error")
+    t1 = top1_hits(gt, p)
+    per = []
+    for e in edits:
+        qs = [q for q in gt.positive_queries if e in labels.get(q, [])]
+        per.append(f"{sum(t1[q] for q in qs) / len(qs):.3f}")
+    return f"{m.micro_ap:.4f} | {m.acc_at_1:.4f} | " + " | ".join(per)
+
+
 def main() -> None:
     import faiss
 
@@ -78,28 +110,13 @@ def main() -> None:
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     model = create_model(args.model, "cpu")
-    rp, rd = whole(model, args.bench / "references", args.cache, "refs")
-    qp, qd = whole(model, args.bench / "queries", args.cache, "queries")
-    qc = crops(model, qp, args.cache, "qcrops")
-    gt = load_ground_truth(args.bench / "gt.csv")
-    labels = load_labels(args.bench / "labels.csv")
-    rid = [os.path.basename(p) for p in rp]
-    qid = [os.path.basename(p) for p in qp]
-    index = faiss.IndexFlatIP(rd.shape[1])
-    index.add(rd)
+    b = Cached(args.bench, model, args.cache)
+    rp, rd, qp, qd, qc, gt, labels, rid, qid, index = b.rp, b.rd, b.qp, b.qd, b.qc, b.gt, b.labels, b.rid, b.qid, b.index
     gs, gi = index.search(qd, K)
     base = [dict(zip(i.tolist(), s.tolist())) for s, i in zip(gs, gi)]
 
     def score(best: list[dict[int, float]]) -> str:
-        rows = [(q, rid[r], s) for q, d in zip(qid, best) for r, s in sorted(d.items(), key=lambda t: -t[1])[:K]]
-        p = Predictions.from_rows(rows)
-        m = evaluate(gt, p, unknown_queries="error")
-        t1 = top1_hits(gt, p)
-        per = []
-        for e in EDITS:
-            qs = [q for q in gt.positive_queries if e in labels.get(q, [])]
-            per.append(f"{sum(t1[q] for q in qs) / len(qs):.3f}")
-        return f"| {m.micro_ap:.4f} | {m.acc_at_1:.4f} | " + " | ".join(per) + " |"
+        return "| " + score_cells(best, qid, rid, gt, labels) + " |"
 
     def with_crops(boxes: list[int], below: float) -> tuple[list[dict[int, float]], int]:
         cs, ci = index.search(qc[:, boxes].reshape(-1, rd.shape[1]), K)

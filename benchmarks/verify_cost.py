@@ -5,7 +5,7 @@ known place onto another photo), times each step of copyscan.verify on (paste, i
 (paste, a wrong reference) pairs: decoding an image for features, ORB features, matching + RANSAC.
 Medians in milliseconds, one core's worth (the model is not involved).
 
-    nice -n 19 python benchmarks/verify_cost.py .bench/regions
+    nice -n 19 python benchmarks/verify_cost.py .bench/regions [--feature-side 384,512]
 """
 
 from __future__ import annotations
@@ -22,14 +22,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from copyscan.decode import open_image, read_bytes  # noqa: E402
 from copyscan.regions import iou  # noqa: E402
-from copyscan.verify import FEATURE_SIDE, MAX_FEATURES, features_of, verify  # noqa: E402
+from copyscan import verify as geo  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path, help="the --out folder of benchmarks/regions.py")
+    ap.add_argument("--feature-side", default=str(geo.FEATURE_SIDE), help="sides to compare, one after the other (a,b)")
     args = ap.parse_args()
     truth = json.loads((args.out / "pastes-truth.json").read_text())
+    for side in args.feature_side.split(","):
+        geo.FEATURE_SIDE = int(side)  # read by features_of at each call
+        measure(truth, geo.FEATURE_SIDE)
+
+
+def measure(truth: list[dict], side: int) -> None:
     decode, feats, match_true, match_false = [], [], [], []
     placed = []
     cache = {}
@@ -38,19 +45,19 @@ def main() -> None:
             if path in cache:
                 continue
             a = time.perf_counter()
-            img, _, _ = open_image(read_bytes(path), FEATURE_SIDE)
+            img, _, _ = open_image(read_bytes(path), side)
             b = time.perf_counter()
-            cache[path] = features_of(img)
+            cache[path] = geo.features_of(img)
             c = time.perf_counter()
             decode.append(b - a)
             feats.append(c - b)
         wrong = truth[(k + 1) % len(truth)]["reference"]
         if wrong not in cache:
-            cache[wrong] = features_of(open_image(read_bytes(wrong), FEATURE_SIDE)[0])
+            cache[wrong] = geo.features_of(open_image(read_bytes(wrong), side)[0])
         a = time.perf_counter()
-        v = verify(cache[t["query"]], cache[t["reference"]])
+        v = geo.verify(cache[t["query"]], cache[t["reference"]])
         b = time.perf_counter()
-        w = verify(cache[t["query"]], cache[wrong])
+        w = geo.verify(cache[t["query"]], cache[wrong])
         c = time.perf_counter()
         match_true.append(b - a)
         match_false.append(c - b)
@@ -58,7 +65,7 @@ def main() -> None:
         if w is not None:
             placed.append(False)  # never seen so far; counted against the share if it happens
     ms = lambda xs: f"{1000 * float(np.median(xs)):.1f}"  # noqa: E731
-    print(f"{len(truth)} pastes, ORB {MAX_FEATURES} features at {FEATURE_SIDE} px")
+    print(f"{len(truth)} pastes, ORB {geo.MAX_FEATURES} features at {side} px")
     print("| step | median ms |")
     print("|---|---|")
     print(f"| decode one image for features | {ms(decode)} |")

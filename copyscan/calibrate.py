@@ -145,9 +145,10 @@ def calibrate(
                 copy_edit.append(name)
         copy_vecs, copy_kept = _embed(copy_entries, m, batch_size, workers, progress)
         if regions:  # scored as `query --regions` scores them: the same threshold, measured
-            from .region_search import best_with_crops
+            from .region_search import best_with_regions
 
-            sims = best_with_crops(copy_vecs @ orig_vecs.T, [e.path for e in copy_kept], orig_vecs, m, batch_size)
+            sims = best_with_regions(copy_vecs @ orig_vecs.T, [e.path for e in copy_kept], orig_vecs, m, batch_size,
+                                     reference_paths=[e.path for e in kept])
     index_of = {e.path: i for i, e in enumerate(copy_entries)}
     rows = [index_of[e.path] for e in copy_kept]
     src = np.asarray([copy_src[r] for r in rows], dtype=np.int64)

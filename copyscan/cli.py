@@ -580,7 +580,7 @@ def calibrate(
     workers: Optional[int] = WorkersOpt,
     device: Device = DeviceOpt,
     quiet: bool = QuietOpt,
-    regions: bool = typer.Option(False, "--regions", help="Score the copies as `query --regions` does (crops of uncertain copies) \\[default: off].", show_default=False),
+    regions: bool = typer.Option(False, "--regions", help="Score the copies as `query --regions` does (crops of uncertain copies, verification of uncertain best matches) \\[default: off].", show_default=False),
 ) -> None:
     """Pick a threshold from your own photos: edited copies of a sample against the rest, at a named precision.
 

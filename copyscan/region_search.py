@@ -6,37 +6,43 @@ A pair's score is the best of
     global-region   the query's whole image against a reference's region row (stored in the
                     index by `index --regions`: a crop of the reference, copyscan.regions)
     region-global   a crop of the query against a reference's whole image
-    verified        the box that geometric verification found (copyscan.verify), cropped and
-                    embedded on each side, against the other side's whole image
+    verified        geometric verification (copyscan.verify): a pair whose local features agree
+                    on one affine map with at least `inlier_floor` inliers scores at least the
+                    index's default threshold, more with more inliers (`verified_score`)
 
-every one the same cosine of two descriptors of the same model, so a threshold means the same with
-and without regions (region-region pairs are left out: two crops of unrelated photos match more
-often than they find copies). The winning boxes are kept: where the copy sits in the query and
-which part of the reference it shows, in fractions of width and height.
+the first three the same cosine of two descriptors of the same model, the last anchored at the
+threshold: on the dev benchmark, pairs verified with 20 or more inliers were copies 418 times in
+419, as pairs scoring 0.75 were (317 of 317; BENCHMARKS.md "Regions"), so a threshold means the
+same with and without regions (region-region pairs are left out: two crops of unrelated
+photos match more often than they find copies). The winning boxes are kept: where the copy sits
+in the query and which part of the reference it shows, in fractions of width and height.
 
-Crops and verification cost model calls, so they are spent only where they can change the answer
-(the bands were chosen on the dev benchmark, BENCHMARKS.md "Regions"):
+Crops and verification cost model calls and feature matching, so they are spent only where they
+can change the answer (the bands were chosen on the dev benchmark with the default model,
+BENCHMARKS.md "Regions"):
 
 * query crops for queries whose best whole-image score is below `crop_below` (uncertain, or
   matching nothing: a pasted copy scores low against its reference);
-* verification of a query's best match when a crop won it (to place the box; its score may
-  rise too), and optionally when it scores in an uncertain band (`verify_band`, to re-rank).
+* verification of a query's best match when it scores in the uncertain band `verify_band` (to
+  lift a copy the descriptor doubts), when a crop won it (to place the box), and, with a
+  threshold, when it is reported below `place_below` (to place the box).
 """
 
 from __future__ import annotations
 
-import os
+import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from .regions import FULL_BOX, Box, RowTable, crop, grid_boxes, whole_image_params
+from .regions import FULL_BOX, Box, RowTable, grid_boxes, whole_image_params
 
-# One centred crop of 60% of each side: on the dev benchmark it alone gives nearly all of what
-# a 3 x 3 grid of 60% crops plus a 2 x 2 grid of 75% crops gives (0.764 vs 0.769 micro AP, base
-# 0.695) at a sixth of the model calls. Screenshots, pads and memes frame the copy near the middle.
+# One centred crop of 60% of each side: on the dev benchmark with the default model it gives most
+# of what a 3 x 3 grid of 60% crops plus a 2 x 2 grid of 75% crops gives (0.812 vs 0.826 micro AP,
+# base 0.783) at a sixth of the model calls; centred crops of 50% or 70% score within 0.003 of it.
+# Screenshots, pads and memes frame the copy near the middle; verification finds the rest.
 QUERY_BOXES: tuple[Box, ...] = tuple(grid_boxes(0.6, 1))
 INDEX_BOXES: tuple[Box, ...] = tuple(grid_boxes(0.6, 1))
 
@@ -44,24 +50,45 @@ INDEX_BOXES: tuple[Box, ...] = tuple(grid_boxes(0.6, 1))
 @dataclass(frozen=True)
 class RegionSettings:
     query_boxes: tuple[Box, ...] = QUERY_BOXES
-    crop_below: float = 0.65  # queries whose best whole-image score is below this get crops
+    # Queries whose best whole-image score is below this get crops: with the default model 0.55
+    # and 0.65 score alike (0.831 micro AP), 0.55 crops 7% fewer queries; cropping every query
+    # scores less (crops of distractors find near matches too).
+    crop_below: float = 0.55
     # A query's best match won by a crop has only the crop's box: verification places it when the
-    # match scores at least `place_from` (below the threshold too: the verified box, embedded, may
-    # score above it). With a threshold (a normal query, few matches), a reported best match that
-    # the whole image won is placed too when it scores below `place_below` (a photo filling half a
-    # screenshot can score 0.8 as a whole image); above, the whole image is the copy. Without one
-    # (-1, as eval runs), those would be most queries.
+    # match scores at least `place_from` (below the threshold too: its inliers may lift it over).
+    # With a threshold (a normal query, few matches), a reported best match that the whole image
+    # won is placed too when it scores below `place_below` (a photo filling half a screenshot can
+    # score 0.8 as a whole image); above, the whole image is the copy. Without one (-1, as eval
+    # runs), those would be most queries.
     place_from: float = 0.45
     place_below: float = 0.9
-    # Uncertain best matches scoring in [low, high) verified to re-rank them, or None. Off by
-    # default: it pays little for its cost (BENCHMARKS.md "Regions", the `+ verify band` row).
-    verify_band: tuple[float, float] | None = None
+    # Best matches scoring in [low, high) verified whoever won them, so that their inliers can
+    # lift a copy the descriptor doubts (or None). Widening it to 0.35 or 0.30 adds 0.001-0.003
+    # micro AP for 25-70% more verified pairs; above 0.6 most copies are already ranked first
+    # (BENCHMARKS.md "Regions", the sweep).
+    verify_band: tuple[float, float] | None = (0.38, 0.6)
+    # A verified pair with at least `inlier_floor` inliers scores at least the index's default
+    # threshold, plus `inlier_step` for each doubling of the inliers (verified_score).
+    inlier_floor: int = 20
+    inlier_step: float = 0.1
     chunk: int = 512  # queries refined together (crops batched, reference features shared)
     # Score the query's whole image against the references' region rows (index --regions) too.
     # Off: on the dev benchmark they added 0.0003-0.0025 micro AP to the query crops for twice
     # the index (alone they cost 0.003; BENCHMARKS.md "Regions"). Region rows serve dedupe, where
     # every image is also a query.
     reference_regions: bool = False
+
+
+VERIFIED_MAX_ABOVE = 0.24  # a verified score stays below the threshold + this (0.99 at 0.75)
+
+
+def verified_score(inliers: int, anchor: float, settings: RegionSettings) -> float | None:
+    """The score geometric verification gives a pair: `anchor` (the index's default threshold) at
+    `inlier_floor` inliers, `inlier_step` more for each doubling; None below the floor."""
+    if inliers < settings.inlier_floor:
+        return None
+    lift = settings.inlier_step * float(np.log2(inliers / settings.inlier_floor))
+    return anchor + min(lift, VERIFIED_MAX_ABOVE)
 
 
 @dataclass
@@ -103,10 +130,9 @@ def merge_hits(into: dict[str, Candidate], scores: Iterable[float], ids: Iterabl
 
 @dataclass
 class PendingQuery:
-    """A query waiting for refinement: its path, post-processed descriptor and candidates."""
+    """A query waiting for refinement: its path and candidates."""
 
     path: str
-    vector: np.ndarray  # the whole image in the score rule's query form (score.queries_of)
     candidates: dict[str, Candidate]
 
 
@@ -114,22 +140,24 @@ class Refiner:
     """Runs query crops and verification over chunks of queries against one loaded index."""
 
     def __init__(self, model, index, rows: RowTable, post, settings: RegionSettings, *, report_floor: float,
-                 batch_size: int = 32, workers: int | None = 0, max_pixels: int | None = None):
+                 anchor: float, batch_size: int = 32, workers: int | None = 0, max_pixels: int | None = None):
         """`index` holds references in the score rule's form (score.py); `post` is the index's
-        post-processing, from which crops get the same form, so every score is the rule's."""
+        post-processing, from which crops get the same form, so every score is the rule's;
+        `anchor` is the index's default threshold, where verified scores start."""
         self.model = model
         self.index = index
         self.rows = rows
         self.post = post  # copyscan.postprocess.PostProcess of the index
         self.settings = settings
         self.report_floor = report_floor  # matches reported at or above this get their box placed
+        self.anchor = anchor
         self.batch_size = batch_size
         self.workers = workers
         self.max_pixels = max_pixels
         self.k = 0
-        self.stats = {"queries": 0, "cropped": 0, "crops": 0, "verified_pairs": 0, "verified": 0}
+        self.stats = {"queries": 0, "cropped": 0, "crops": 0, "verified_pairs": 0, "verified": 0, "lifted": 0}
         self._ref_features: OrderedDict[str, object] = OrderedDict()
-        self._ref_vectors: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
 
     # ---- query crops ---------------------------------------------------------------------------
 
@@ -168,85 +196,59 @@ class Refiner:
     # ---- geometric verification ----------------------------------------------------------------
 
     def _verify(self, pending: Sequence[PendingQuery]) -> None:
-        from . import verify as geo
-
         s = self.settings
-        work: list[tuple[PendingQuery, str]] = []
+        work: list[tuple[PendingQuery, str, Candidate]] = []  # each query's best match, where it pays
         for q in pending:
             if not q.candidates:
                 continue
             ref, c = max(q.candidates.items(), key=lambda t: t[1].score)
             uncertain = s.verify_band is not None and s.verify_band[0] <= c.score < s.verify_band[1]
-            # Below the threshold too: the verified box's own score may lift it over.
+            # Below the threshold too: the inliers may lift it over.
             coarse = c.how == "region" and c.score >= s.place_from
             reported = np.isfinite(self.report_floor) and max(self.report_floor, s.place_from) <= c.score < s.place_below
             if uncertain or coarse or reported:
-                work.append((q, ref))
+                work.append((q, ref, c))
         if not work:
             return
-        crops: list[np.ndarray] = []
-        jobs: list[tuple[PendingQuery, str, object, str]] = []  # (query, ref path, verification, side)
-        size = self.model.input_size
-        current: tuple[str, object] | None = None  # work is grouped by query: one decoded at a time
-        for q, ref in work:
-            if current is None or current[0] != q.path:
-                img = _open(q.path)
-                current = (q.path, None if img is None else (img, geo.features_of(img)))
-            query = current[1]
-            reference = self._reference(ref)
-            if query is None or reference is None:
-                continue
-            self.stats["verified_pairs"] += 1
-            v = geo.verify(query[1], reference[1])
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .embed import default_workers
+
+        # OpenCV and Pillow release the GIL and the model is idle meanwhile: pairs are verified on
+        # every core (BENCHMARKS.md "Regions": 2 threads on 2 cores).
+        with ThreadPoolExecutor(max_workers=default_workers()) as pool:
+            found = list(pool.map(lambda job: self._verify_pair(job[0].path, job[1]), work))
+        for (q, ref, c), (tried, v) in zip(work, found):
+            self.stats["verified_pairs"] += tried
             if v is None:
                 continue
             self.stats["verified"] += 1
-            crops.append(crop(query[0], v.query_box, size))
-            jobs.append((q, ref, v, "query"))
-            crops.append(crop(reference[0], v.reference_box, size))
-            jobs.append((q, ref, v, "reference"))
-        if not crops:
-            return
-        import torch
+            score = verified_score(v.inliers, self.anchor, s)
+            if score is not None and score > c.score:
+                self.stats["lifted"] += 1
+            q.candidates[ref] = Candidate(max(c.score, score if score is not None else c.score), v.query_box,
+                                          v.reference_box, "verified", c.row)
 
-        from .score import queries_of, references_of
-
-        descriptors = []
-        for start in range(0, len(crops), self.batch_size):
-            descriptors.append(self.model.embed(torch.from_numpy(np.stack(crops[start:start + self.batch_size]))))
-        descriptors = np.concatenate(descriptors)
-        as_query = queries_of(self.post, descriptors)
-        as_reference = references_of(self.post, descriptors)
-        for k, (q, ref, v, side) in enumerate(jobs):
-            cand = q.candidates[ref]
-            if side == "query":  # the query's box, as a query, against the reference's whole image
-                other = self._reference_vector(cand.row)
-                if other is None:
-                    continue
-                score = float(as_query[k] @ other)
-            else:  # the reference's box, as a reference, against the query's whole image
-                score = float(as_reference[k] @ q.vector)
-            q.candidates[ref] = Candidate(max(cand.score, score), v.query_box, v.reference_box, "verified", cand.row)
-
-    def _reference(self, path: str):
+    def _verify_pair(self, query: str, reference: str):
+        """(1 if both images were readable else 0, the verification or None); runs in a thread."""
         from . import verify as geo
 
-        if path in self._ref_features:
-            self._ref_features.move_to_end(path)
-            return self._ref_features[path]
-        img = _open(path)
-        value = None if img is None else (img, geo.features_of(img))
-        self._ref_features[path] = value
-        if len(self._ref_features) > 256:  # references shared by queries of a chunk, bounded
-            self._ref_features.popitem(last=False)
-        return value
+        q, r = _features(query), self._reference(reference)
+        if q is None or r is None:
+            return 0, None
+        return 1, geo.verify(q, r)
 
-    def _reference_vector(self, row: int) -> np.ndarray | None:
-        if row < 0:
-            return None
-        if row not in self._ref_vectors:
-            self._ref_vectors[row] = _reconstruct(self.index, row)
-        return self._ref_vectors[row]
+    def _reference(self, path: str):
+        with self._lock:
+            if path in self._ref_features:
+                self._ref_features.move_to_end(path)
+                return self._ref_features[path]
+        value = _features(path)  # outside the lock: two threads may compute one reference twice
+        with self._lock:
+            self._ref_features[path] = value
+            if len(self._ref_features) > 256:  # references shared by queries of a chunk, bounded
+                self._ref_features.popitem(last=False)
+        return value
 
 
 # ---- query ---------------------------------------------------------------------------------------
@@ -266,7 +268,7 @@ def query_batches_with_regions(loaded, entries, model, extraction, top_k: int, t
     use_region_rows = settings.reference_regions and rows.has_regions
     params = None if use_region_rows else whole_image_params(loaded.index, rows)
     per_image = rows.per_image if use_region_rows else 1
-    refiner = Refiner(model, loaded.index, rows, loaded.post, settings, report_floor=floor,
+    refiner = Refiner(model, loaded.index, rows, loaded.post, settings, report_floor=floor, anchor=loaded.threshold,
                       batch_size=extraction.batch_size, workers=0, max_pixels=extraction.max_pixels)
     pending: list[tuple[object, PendingQuery]] = []
     skipped: list = []
@@ -293,30 +295,19 @@ def query_batches_with_regions(loaded, entries, model, extraction, top_k: int, t
         if batch.rows:
             queries = queries_of(loaded.post, batch.descriptors)
             scores, ids = search(loaded.index, queries, (top_k + 1) * per_image, params)
-            for row, vector, s_row, i_row in zip(batch.rows, queries, scores, ids):
+            for row, s_row, i_row in zip(batch.rows, scores, ids):
                 candidates: dict[str, Candidate] = {}
                 merge_hits(candidates, s_row, i_row, rows, allow_region_rows=use_region_rows)
                 candidates.pop(row.path, None)
-                pending.append((row, PendingQuery(row.path, vector, candidates)))
+                pending.append((row, PendingQuery(row.path, candidates)))
         if len(pending) >= settings.chunk:
             yield finish()
     if pending or skipped:
         yield finish()
 
 
-def _reconstruct(index, row: int) -> np.ndarray:
-    """The stored (post-processed) vector of a FAISS row."""
-    import faiss
-
-    try:
-        return index.reconstruct(int(row))
-    except RuntimeError:  # an inverted file needs its direct map first
-        faiss.extract_index_ivf(index).make_direct_map()
-        return index.reconstruct(int(row))
-
-
 def _open(path: str):
-    """The image at `path` for verification (at least 512 pixels a side where it has them), or None."""
+    """The image at `path` for verification (at least FEATURE_SIDE pixels a side where it has them), or None."""
     from .decode import DecodeError, open_image, read_bytes
     from .verify import FEATURE_SIDE
 
@@ -325,6 +316,14 @@ def _open(path: str):
     except (DecodeError, OSError):
         return None
     return img
+
+
+def _features(path: str):
+    """ORB features of the image at `path` (copyscan.verify), or None when it cannot be read."""
+    from .verify import features_of
+
+    img = _open(path)
+    return None if img is None else features_of(img)
 
 
 # ---- dedupe ------------------------------------------------------------------------------------
@@ -398,8 +397,7 @@ def place_boxes(pairs: RegionPairs, paths: list[str], limit: int = 100_000) -> i
 
     def feats(path: str):
         if path not in cache:
-            img = _open(path)
-            cache[path] = None if img is None else geo.features_of(img)
+            cache[path] = _features(path)
             if len(cache) > 256:
                 cache.popitem(last=False)
         return cache[path]
@@ -453,20 +451,49 @@ def annotate_groups(groups, pairs: RegionPairs, item_of_path: dict[str, int]) ->
 # ---- calibrate ---------------------------------------------------------------------------------
 
 
-def best_with_crops(sims: np.ndarray, paths: list[str], references: np.ndarray, model, batch_size: int = 32,
-                    settings: RegionSettings | None = None) -> np.ndarray:
-    """Query x reference cosines raised, as `query --regions` raises them, by the query crops of
-    rows whose best score is below `crop_below` (plain cosines: no post-processing)."""
+def best_with_regions(sims: np.ndarray, paths: list[str], references: np.ndarray, model, batch_size: int = 32,
+                      settings: RegionSettings | None = None, reference_paths: list[str] | None = None,
+                      anchor: float | None = None) -> np.ndarray:
+    """Query x reference cosines raised as `query --regions` raises them (plain cosines: no
+    post-processing): by the query crops of rows whose best score is below `crop_below`, then,
+    given the references' paths, by verifying each row's best match where the Refiner would
+    (without a threshold: in `verify_band`, or won by a crop from `place_from`), verified scores
+    anchored at `anchor` (default: the default threshold)."""
+    from .score import DEFAULT_THRESHOLD
+
     s = settings or RegionSettings()
     sims = sims.copy()
+    before = sims.copy()
     todo = np.nonzero(sims.max(axis=1, initial=-np.inf) < s.crop_below)[0] if sims.size else np.zeros(0, np.int64)
-    if not len(todo) or not s.query_boxes:
-        return sims
-    from .embed import embed_regions
+    if len(todo) and s.query_boxes:
+        from .embed import embed_regions
 
-    for batch in embed_regions([(paths[i], s.query_boxes) for i in todo], model, batch_size=batch_size, workers=0):
-        crop_sims = batch.descriptors @ references.T
-        for owner, row in zip(batch.owner, crop_sims):
-            i = todo[owner]
-            sims[i] = np.maximum(sims[i], row)
+        for batch in embed_regions([(paths[i], s.query_boxes) for i in todo], model, batch_size=batch_size, workers=0):
+            crop_sims = batch.descriptors @ references.T
+            for owner, row in zip(batch.owner, crop_sims):
+                i = todo[owner]
+                sims[i] = np.maximum(sims[i], row)
+    if reference_paths is None or not sims.size:
+        return sims
+    from . import verify as geo
+
+    anchor = DEFAULT_THRESHOLD if anchor is None else anchor
+    features: dict[str, object] = {}
+
+    def feats(path: str):
+        if path not in features:
+            features[path] = _features(path)
+        return features[path]
+
+    for i, j in enumerate(sims.argmax(axis=1).tolist()):
+        best = float(sims[i, j])
+        uncertain = s.verify_band is not None and s.verify_band[0] <= best < s.verify_band[1]
+        coarse = best > before[i, j] and best >= s.place_from
+        if not (uncertain or coarse):
+            continue
+        q, r = feats(paths[i]), feats(reference_paths[j])
+        v = None if q is None or r is None else geo.verify(q, r)
+        score = None if v is None else verified_score(v.inliers, anchor, s)
+        if score is not None:
+            sims[i, j] = max(best, score)
     return sims
