@@ -104,9 +104,12 @@ def calibrate(
     for p in precisions:
         if not 0 < p <= 1:
             raise UserError(f"precision {p} is not in (0, 1]")
-    if threshold is None:  # the model's own calibrated threshold, as `query` and `dedupe` use it
-        own = model_threshold(model) if isinstance(model, (str, os.PathLike)) else None
-        threshold = DEFAULT_THRESHOLD if own is None else own
+    # The model's own calibrated threshold, as `query` and `dedupe` use it: the threshold reported
+    # by default, and where verified pairs are anchored with `regions` (as in `query --regions`).
+    own = model_threshold(model) if isinstance(model, (str, os.PathLike)) else None
+    model_default = DEFAULT_THRESHOLD if own is None else own
+    if threshold is None:
+        threshold = model_default
     check_threshold(threshold, None)  # calibration scores are cosines
     check_sizes(batch_size=batch_size, workers=workers)
     m = create_model(model, device) if isinstance(model, (str, os.PathLike)) else model
@@ -148,7 +151,7 @@ def calibrate(
             from .region_search import best_with_regions
 
             sims = best_with_regions(copy_vecs @ orig_vecs.T, [e.path for e in copy_kept], orig_vecs, m, batch_size,
-                                     reference_paths=[e.path for e in kept])
+                                     reference_paths=[e.path for e in kept], anchor=model_default)
     index_of = {e.path: i for i, e in enumerate(copy_entries)}
     rows = [index_of[e.path] for e in copy_kept]
     src = np.asarray([copy_src[r] for r in rows], dtype=np.int64)
