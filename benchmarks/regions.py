@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
 import shutil
 import sys
@@ -154,7 +155,8 @@ def main() -> None:
     report = {"bench": str(args.bench), "command": " ".join(sys.argv), "models": {}}
     for name in args.models.split(","):
         model = create_model(name, "cpu")
-        work = args.out / name
+        # A model file (a candidate checkpoint) gets a folder named after its folder and file.
+        work = args.out / (f"{Path(name).parent.name}-{Path(name).stem}" if os.path.exists(name) else name)
         if not args.reuse:
             shutil.rmtree(work, ignore_errors=True)
         plain_idx = build_index(args.bench, model, work, False)
