@@ -202,7 +202,13 @@ class Refiner:
             if not q.candidates:
                 continue
             ref, c = max(q.candidates.items(), key=lambda t: t[1].score)
-            uncertain = s.verify_band is not None and s.verify_band[0] <= c.score < s.verify_band[1]
+            uncertain = False
+            if s.verify_band is not None:
+                # With a threshold, the band reaches up to it: a best match between the band and
+                # the threshold is reported only if its inliers lift it over (a better model puts
+                # more pastes there: 0.6 is above the band, below 0.75).
+                top = max(s.verify_band[1], self.report_floor) if np.isfinite(self.report_floor) else s.verify_band[1]
+                uncertain = s.verify_band[0] <= c.score < top
             # Below the threshold too: the inliers may lift it over.
             coarse = c.how == "region" and c.score >= s.place_from
             reported = np.isfinite(self.report_floor) and max(self.report_floor, s.place_from) <= c.score < s.place_below
