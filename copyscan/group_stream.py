@@ -50,7 +50,7 @@ def _str(column, i: int) -> str:
     return os.fsdecode(value) if isinstance(value, bytes) else value  # a path_bytes column: the exact name
 
 
-def _codes(column) -> np.ndarray:
+def hash_codes(column) -> np.ndarray:
     """An integer per row, equal for equal strings; -1 for an empty or missing hash (never merged)."""
     array = column if isinstance(column, (pa.Array, pa.ChunkedArray)) else pa.array(column, pa.string())
     if isinstance(array, pa.ChunkedArray):
@@ -66,7 +66,7 @@ def _codes(column) -> np.ndarray:
 def exact_labels(content_hash, pixel_hash) -> np.ndarray:
     """Cluster number (0, 1, ...) per row: rows sharing a content or a pixel hash share one cluster
     (transitively), as group.exact_cluster_labels, in numpy."""
-    keys = [_codes(content_hash), _codes(pixel_hash)]
+    keys = [hash_codes(content_hash), hash_codes(pixel_hash)]
     n = len(keys[0])
     label = np.arange(n, dtype=np.int64)
     while True:
