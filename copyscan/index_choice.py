@@ -263,6 +263,29 @@ def build_index(plan: IndexPlan, vectors: np.ndarray, *, ondisk_path: str | None
     return index
 
 
+def write_vectors(path, n: int, dim: int, blocks, queries_path=None) -> None:
+    """The (n, dim) float32 .npy file at `path` (and a second one at `queries_path`) filled from
+    `blocks`, an iterable of row blocks in order ((vectors, queries) tuples), each block's pages
+    handed to the file rather than kept resident: a build can then map it (build_index) without
+    the vectors ever being in memory whole."""
+    outs = [np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))]
+    if queries_path is not None:
+        outs.append(np.lib.format.open_memmap(queries_path, mode="w+", dtype=np.float32, shape=(n, dim)))
+    at = 0
+    for block in blocks:
+        size = len(block[0])
+        if at + size > n:
+            raise ValueError(f"more than the {n} rows announced")
+        for out, part in zip(outs, block):
+            out[at:at + size] = part
+            out.flush()
+            release_pages(out)
+        at += size
+    if at != n:
+        raise ValueError(f"{at} rows written, {n} announced")
+    del outs
+
+
 def release_pages(vectors: np.ndarray) -> None:
     """Drop the pages of a memory-mapped vectors file that this process has read: they stay in
     the page cache, but no longer count in its resident memory, which would otherwise grow to the

@@ -208,7 +208,7 @@ def prepare_streamed(work: str | os.PathLike, n: int, dim: int, blocks, *, thres
     size) is reused as it is, without calling `blocks`, so that an interrupted search resumes."""
     import faiss
 
-    from .index_choice import build_index, margin_for, plan_index
+    from .index_choice import build_index, margin_for, plan_index, write_vectors
 
     work = Path(work)
     plan = plan or plan_index(n, dim, budget)
@@ -223,7 +223,7 @@ def prepare_streamed(work: str | os.PathLike, n: int, dim: int, blocks, *, thres
         old.unlink()  # another search's pairs
     probe.queries_path.unlink(missing_ok=True)
     if blocks is not None:
-        _write_blocks(probe.vectors_path, probe.queries_path if with_queries else None, n, dim, blocks())
+        write_vectors(probe.vectors_path, n, dim, blocks(), probe.queries_path if with_queries else None)
     mapped = open_vectors(str(probe.vectors_path))
     index = build_index(plan, mapped, ondisk_path=str(work / "index.ivfdata"))
     margin = margin_for(plan, index, mapped)
@@ -232,29 +232,6 @@ def prepare_streamed(work: str | os.PathLike, n: int, dim: int, blocks, *, thres
     search = PairSearch(work, n, float(threshold), margin, plan.nprobe, slice_rows, source, plan.kind)
     search.save()
     return search
-
-
-def _write_blocks(vectors_path: Path, queries_path: Path | None, n: int, dim: int, blocks) -> None:
-    """The .npy files of the vectors (and queries), filled block by block, each block's pages
-    handed to the file rather than kept resident."""
-    from .index_choice import release_pages
-
-    outs = [np.lib.format.open_memmap(vectors_path, mode="w+", dtype=np.float32, shape=(n, dim))]
-    if queries_path is not None:
-        outs.append(np.lib.format.open_memmap(queries_path, mode="w+", dtype=np.float32, shape=(n, dim)))
-    at = 0
-    for block in blocks:
-        size = len(block[0])
-        if at + size > n:
-            raise ValueError(f"more than the {n} rows announced")
-        for out, part in zip(outs, block):
-            out[at:at + size] = part
-            out.flush()
-            release_pages(out)
-        at += size
-    if at != n:
-        raise ValueError(f"{at} rows written, {n} announced")
-    del outs
 
 
 def _saved(work: Path) -> dict | None:

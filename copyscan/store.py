@@ -658,6 +658,11 @@ class IndexStore:
         return {"type": kind, "rule": rule, "nprobe": nprobe, "count": count, "score": score, "layout": FAISS_LAYOUT,
                 "margin": margin, "choice": kind_name, "shards_fingerprint": self.faiss_fingerprint()}
 
+    def scratch_vectors_path(self) -> Path:
+        """Where the FAISS build's vectors wait, mapped, while it runs (removed after; a killed
+        build's copy is a leftover temporary file the next writer removes)."""
+        return self.folder / f".{FAISS_FILE}.vectors.tmp"
+
     def ondisk_lists_path(self) -> Path:
         """Where an on-disk FAISS index (index_choice) keeps its inverted lists."""
         return self.folder / ONDISK_LISTS_FILE

@@ -38,6 +38,24 @@ def _unit(n: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def _count_shard_reads_refuse_read_table(monkeypatch) -> list[int]:
+    """Rows of each shard read from now on; read_table (every row at once) fails the test."""
+    reads: list[int] = []
+    real = store_module._read_shard
+
+    def counted(path, columns=None):
+        table = real(path, columns)
+        reads.append(table.num_rows)
+        return table
+
+    def refused(*args, **kwargs):
+        raise AssertionError("read_table holds every row at once")
+
+    monkeypatch.setattr(store_module, "_read_shard", counted)
+    monkeypatch.setattr(IndexStore, "read_table", refused)
+    return reads
+
+
 @pytest.fixture()
 def mixed_store(tmp_path) -> IndexStore:
     """Shards with a path re-embedded later (the newer row is live), rows outside the root, a
@@ -89,19 +107,7 @@ def test_sliced_dedupe_reads_shard_by_shard_and_groups_as_in_memory(tmp_path, mo
         _shard(store, number, paths[a:a + shard_rows], x[a:a + shard_rows], hashes[a:a + shard_rows])
     store.unlock()
 
-    reads: list[int] = []
-    real = store_module._read_shard
-
-    def counted(path, columns=None):
-        table = real(path, columns)
-        reads.append(table.num_rows)
-        return table
-
-    def refused(*args, **kwargs):
-        raise AssertionError("read_table holds every row at once")
-
-    monkeypatch.setattr(store_module, "_read_shard", counted)
-    monkeypatch.setattr(IndexStore, "read_table", refused)
+    reads = _count_shard_reads_refuse_read_table(monkeypatch)
     groups, images, aliases = dedupe_scale.sliced_dedupe(store, "/photos", PostProcess(), threshold=0.9,
                                                           output=tmp_path / "out", source="t", memory_budget=1 << 30)
     assert images == n and not aliases
@@ -135,3 +141,18 @@ def test_api_dedupe_in_slices_never_reads_the_whole_table(tmp_path, tiny_model_p
     assert plain.groups and [[m.path for m in g.members] for g in sliced.groups] == [[m.path for m in g.members] for g in plain.groups]
     # The unchanged index is planned from its paths and sizes; no descriptor, no every-column read.
     assert asked and not any("descriptor" in c or "*" in c for c in asked)
+
+
+def test_index_commit_builds_faiss_from_the_shards_one_at_a_time(mixed_store, monkeypatch):
+    from copyscan.indexing import commit
+
+    reads = _count_shard_reads_refuse_read_table(monkeypatch)
+    images, kind = commit(mixed_store, INFO, ["/r"], 0)
+    monkeypatch.undo()
+    assert max(reads) == 4  # the largest shard, never all 9 rows at once
+    assert (images, kind) == (7, "Flat")  # 8 live rows, one of them a region row
+    assert mixed_store.read_manifest()["counts"]["region_rows"] == 1
+    assert not mixed_store.scratch_vectors_path().exists()
+    index = mixed_store.load_faiss()
+    live = descriptors_of(mixed_store.read_table(["descriptor"]))
+    np.testing.assert_array_equal(index.reconstruct_n(0, index.ntotal), live)
