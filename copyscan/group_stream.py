@@ -51,15 +51,16 @@ def _str(column, i: int) -> str:
 
 
 def hash_codes(column) -> np.ndarray:
-    """An integer per row, equal for equal strings; -1 for an empty or missing hash (never merged)."""
+    """An integer per row, equal for equal strings; -1 for an empty or missing hash (never merged).
+    Computed by column_codes, without Arrow's dictionary encoding (1.2 GB at 10M rows)."""
+    import pyarrow.compute as pc
+
+    from .column_codes import value_codes
+
     array = column if isinstance(column, (pa.Array, pa.ChunkedArray)) else pa.array(column, pa.string())
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    encoded = array.dictionary_encode()
-    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    blank = np.nonzero(encoded.dictionary.to_numpy(zero_copy_only=False) == "")[0]
-    if len(blank):
-        codes[codes == blank[0]] = -1
+    codes = value_codes(array)
+    if len(codes):
+        codes[pc.equal(array, "").fill_null(False).to_numpy(zero_copy_only=False)] = -1
     return codes
 
 

@@ -156,3 +156,30 @@ def test_index_commit_builds_faiss_from_the_shards_one_at_a_time(mixed_store, mo
     index = mixed_store.load_faiss()
     live = descriptors_of(mixed_store.read_table(["descriptor"]))
     np.testing.assert_array_equal(index.reconstruct_n(0, index.ntotal), live)
+
+
+@pytest.mark.parametrize("kind", [pa.binary(), pa.string(), pa.large_binary()])
+def test_column_codes_equal_exactly_where_values_are(kind, monkeypatch):
+    from copyscan import column_codes
+
+    rng = np.random.default_rng(5)
+    values = [f"/p/{int(v)}.jpg" for v in rng.integers(0, 300, 2000)] + ["", "/p/1.jpg"]
+    if kind == pa.binary() or kind == pa.large_binary():
+        values = [v.encode() for v in values]
+    whole = pa.array(values + [None], kind)
+    column = pa.chunked_array([whole.slice(0, 700), whole.slice(700, 1)])
+    column = pa.chunked_array([*column.chunks, whole.slice(701)])  # sliced chunks: offsets not at 0
+    codes = column_codes.value_codes(column)
+    assert codes[-1] == -1 and (codes[:-1] >= 0).all()
+    seen: dict = {}
+    for value, code in zip(values, codes[:-1].tolist()):
+        assert seen.setdefault(value, code) == code  # equal values, equal codes
+    assert len(set(seen.values())) == len(seen)  # different values, different codes
+    monkeypatch.setattr(column_codes, "BLOCK_ROWS", 7)  # keyed in blocks that cut across the chunks
+    np.testing.assert_array_equal(column_codes.value_codes(column), codes)
+    # Every key colliding: the byte check catches it and the codes stay exact.
+    monkeypatch.setattr(column_codes, "_keys", lambda array: np.zeros(len(array), np.uint64))
+    forced = column_codes.value_codes(column)
+    assert len(set(forced[:-1].tolist())) == len(seen) and forced[-1] == -1
+    assert [forced[i] == forced[j] for i, j in [(0, 1), (1, 2), (5, 9)]] == \
+           [values[i] == values[j] for i, j in [(0, 1), (1, 2), (5, 9)]]
