@@ -3,7 +3,7 @@ at-scale path (copyscan.dedupe_scale, what `copyscan dedupe --memory-budget ...`
 runs once indexing is done), on an index folder of synthetic rows; no decoding, no model.
 
     python benchmarks/dedupe_scale.py --n 1M                        # one case
-    python benchmarks/dedupe_scale.py --n 10M --memory-budget 4G    # the 10M case of BENCHMARKS.md
+    python benchmarks/dedupe_scale.py --n 10M --memory-budget 4G --slice-sample 0.015   # BENCHMARKS.md's 10M case
 
 1. A first process writes an index folder through copyscan.store (real Parquet shards of
    --shard-rows rows, the size the index job writes, with the model identity in their metadata,
@@ -131,8 +131,12 @@ def child(args) -> dict:
     search = dedupe_scale.prepare_search(Timed(store), rows, load_stored(store), threshold=args.threshold,
                                          output=work / "out", source="bench", memory_budget=parse_size(args.memory_budget))
     end = time.perf_counter()
-    times["vectors_s"] = vectors_done[0] - t0
-    times["build_s"] = end - vectors_done[0]
+    if vectors_done:
+        times["vectors_s"] = vectors_done[0] - t0
+        times["build_s"] = end - vectors_done[0]
+    else:  # the work folder held this search already (an earlier run): reused, nothing built
+        times["vectors_s"] = times["build_s"] = 0.0
+        times["reused_s"] = end - t0
     rss["index built"] = peak_rss_mb()
     _log("index built", rss, times)
     index_mb = search.index_path.stat().st_size / 2**20
@@ -141,7 +145,8 @@ def child(args) -> dict:
     step = max(1, round(1 / args.slice_sample))
     sample = jobs[::step]
     t0 = time.perf_counter()
-    index = pair_search.open_index(str(search.index_path), search.nprobe, search.kind != "on-disk")
+    nprobe = args.nprobe or search.nprobe
+    index = pair_search.open_index(str(search.index_path), nprobe, search.kind != "on-disk")
     for job in sample:
         t1 = time.perf_counter()
         found = pair_search.run_slice(job, index)
@@ -168,12 +173,39 @@ def child(args) -> dict:
     found = np.isin(key(near, copy_of[near]), key(pairs.first, pairs.second))
     with open(search.work / "search.json") as fh:
         saved = json.load(fh)
-    return {"n": n, "kind": search.kind, "nprobe": search.nprobe, "margin": search.margin, "index_mb": index_mb,
+    by_nprobe = recall_by_nprobe(search, copy_of, args.threshold, args.recall_nprobe) if args.recall_nprobe else []
+    return {"n": n, "kind": search.kind, "nprobe": nprobe, "recall_by_nprobe": by_nprobe, "margin": search.margin, "index_mb": index_mb,
             "ondisk_mb": ondisk.stat().st_size / 2**20 if ondisk.exists() else 0.0, "saved": saved,
             "factory": _factory(search.index_path),
             "slices": len(jobs), "slices_searched": len(sample), "pairs": len(pairs), "groups": len(groups),
             "planted_in_sample": int(len(near)), "recall": float(found.mean()) if len(near) else 1.0,
             "rss_mb": rss, "peak_rss_mb": max(rss.values()), **times}
+
+
+def recall_by_nprobe(search, copy_of, threshold: float, values: list[int], pairs: int = 2000) -> list[dict]:
+    """Recall of the first `pairs` planted pairs, searched from both ends (pair_search.search_rows,
+    re-scored as the slices are) at each nprobe; after the measured phases (not in their peaks)."""
+    import numpy as np
+
+    from copyscan import pair_search
+
+    near = np.nonzero(copy_of >= 0)[0][:pairs]
+    rows = np.unique(np.concatenate([near, copy_of[near]]))
+    n = len(copy_of)
+    key = lambda a, b: np.minimum(a, b) * n + np.maximum(a, b)  # noqa: E731
+    out = []
+    for nprobe in values:
+        index = pair_search.open_index(str(search.index_path), nprobe, search.kind != "on-disk")
+        vectors = pair_search.open_vectors(str(search.vectors_path))
+        t0 = time.perf_counter()
+        found = pair_search.search_rows(index, vectors, rows, threshold, search.margin)
+        seconds = time.perf_counter() - t0
+        recall = float(np.isin(key(near, copy_of[near]), key(found.first, found.second)).mean())
+        out.append({"nprobe": nprobe, "queries": int(len(rows)), "seconds": seconds, "recall": recall})
+        print(f"# nprobe {nprobe}: recall {recall:.4f} of {len(near):,} planted pairs, {len(rows):,} queries in "
+              f"{seconds:.0f} s", file=sys.stderr, flush=True)
+        del index, vectors
+    return out
 
 
 def _log(phase: str, rss: dict, times: dict) -> None:
@@ -202,6 +234,9 @@ def main() -> None:
     parser.add_argument("--shard-rows", type=int, default=2048, help="rows per shard (the index job's default)")
     parser.add_argument("--memory-budget", default="auto", help="as copyscan's --memory-budget (auto: a quarter of free memory)")
     parser.add_argument("--slice-sample", type=float, default=0.05, help="share of the query slices searched (1: all)")
+    parser.add_argument("--nprobe", type=int, default=0, help="lists probed by the slices (0: the index's own)")
+    parser.add_argument("--recall-nprobe", type=int, nargs="*", default=[],
+                        help="after the phases: recall of 2,000 planted pairs at each of these nprobe")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", action="store_true", help="keep the work folder (index folder, pair files)")
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -229,7 +264,8 @@ def main() -> None:
     print(f"# N {n:,} x {dim}-d, budget {args.memory_budget}, slice sample {args.slice_sample}; index folder written in "
           f"{time.perf_counter() - t0:.0f} s to {work}/index", flush=True)
     cmd = [sys.executable, __file__, "--child", "--work", str(work), "--threshold", str(args.threshold),
-           "--memory-budget", args.memory_budget, "--slice-sample", str(args.slice_sample)]
+           "--memory-budget", args.memory_budget, "--slice-sample", str(args.slice_sample), "--nprobe", str(args.nprobe),
+           "--recall-nprobe", *map(str, args.recall_nprobe)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if proc.returncode:
