@@ -51,9 +51,11 @@ LARGE_NPROBE = 64
 TRAIN_MAX = 262_144  # 128 MB of training vectors at 128-d (64 a list at 4096 lists)
 HNSW_LINKS = 32  # neighbours per node of the quantiser's graph
 # How wide the quantiser's graph walk is when a vector is assigned its list (and, at least, when a
-# query picks its lists). Planted-copy recall at 200k vectors, 8192 lists, nprobe 64: 0.969 at
-# faiss's default 16 (and no better at nprobe 256: vectors sat in the wrong lists), 0.995 at 64,
-# 0.9998 at 128, for 1.0 / 3.3 / 5.7 x the time to add (benchmarks/coarse_quantizer.py).
+# query picks its lists). A vector put in a list that is not its nearest is missed whatever nprobe:
+# recall against exact search at 200k vectors, 8192 lists, nprobe 64 (256): 0.918 (0.921) at
+# faiss's default 16, 0.993 (0.995) at 64, 0.9986 (0.9997) at 128, for 5 / 17 / 57 s of adding on
+# the loaded VM (benchmarks/coarse_quantizer.py). At 10M (16,384 lists) 64 gave 0.954 of planted
+# pairs at nprobe 64, 0.960 at 256 and 1,024 (BENCHMARKS.md, "Dedupe at scale").
 QUANTIZER_EF = 64
 FIXED_OVERHEAD = 64 << 20  # FAISS's own buffers, search results of one slice
 MIN_MARGIN = {"IVF-SQ8": 0.01, "IVF-PQ": 0.05, "on-disk": 0.01}
