@@ -3,6 +3,8 @@ the same rows as read_table, the same groups as the in-memory path, and never ev
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -125,6 +127,8 @@ def test_api_dedupe_in_slices_never_reads_the_whole_table(tmp_path, tiny_model_p
     for s in range(6):
         make_photo(folder / f"p{s}.jpg", size=(96, 72), seed=s)
     make_photo(folder / "copy.png", size=(96, 72), seed=0)
+    os.symlink("p0.jpg", folder / "link.jpg")  # one file, two names: grouped once, the link an alias
+    os.link(folder / "p2.jpg", folder / "hard.jpg")
     extraction = Extraction(batch_size=8, workers=0, device="cpu")
     plain = api.dedupe(folder, output=tmp_path / "o1", index_dir=tmp_path / "idx", model=str(tiny_model_path),
                        extraction=extraction, report=False, threshold=0.9)
@@ -139,6 +143,10 @@ def test_api_dedupe_in_slices_never_reads_the_whole_table(tmp_path, tiny_model_p
     sliced = api.dedupe(folder, output=tmp_path / "o2", index_dir=tmp_path / "idx", extraction=extraction, report=False,
                         threshold=0.9, memory_budget="1G")
     assert plain.groups and [[m.path for m in g.members] for g in sliced.groups] == [[m.path for m in g.members] for g in plain.groups]
+    assert sliced.images == plain.images == 7
+    assert any(m.aliases == [str(folder / "link.jpg")] for g in sliced.groups for m in g.members)
+    assert [[(m.path, m.aliases) for m in g.members] for g in sliced.groups] == \
+           [[(m.path, m.aliases) for m in g.members] for g in plain.groups]
     # The unchanged index is planned from its paths and sizes; no descriptor, no every-column read.
     assert asked and not any("descriptor" in c or "*" in c for c in asked)
 
