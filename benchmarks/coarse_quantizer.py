@@ -29,8 +29,9 @@ def exact_pairs(vectors, rows, threshold: float):
 
     n = len(vectors)
     keys = []
-    for a in range(0, len(rows), 1024):
-        q = rows[a:a + 1024]
+    block = max(1, (64 << 20) // (4 * n))  # queries at a time: a (block, N) float32 score matrix of 64 MB
+    for a in range(0, len(rows), block):
+        q = rows[a:a + block]
         scores = vectors[q] @ vectors.T
         i, j = np.nonzero(scores >= threshold)
         i = q[i]
