@@ -54,8 +54,9 @@ HNSW_LINKS = 32  # neighbours per node of the quantiser's graph
 # query picks its lists). A vector put in a list that is not its nearest is missed whatever nprobe:
 # recall against exact search at 200k vectors, 8192 lists, nprobe 64 (256): 0.918 (0.921) at
 # faiss's default 16, 0.993 (0.995) at 64, 0.9986 (0.9997) at 128, for 5 / 17 / 57 s of adding on
-# the loaded VM (benchmarks/coarse_quantizer.py). At 10M (16,384 lists) 64 gave 0.954 of planted
-# pairs at nprobe 64, 0.960 at 256 and 1,024 (BENCHMARKS.md, "Dedupe at scale").
+# the loaded VM (benchmarks/coarse_quantizer.py). At 16,384 lists: 0.967 at 64 and 0.9915 at 128
+# (1.7 x the add time) at 1M; 0.954 of planted pairs at 64 at 10M, 0.960 at nprobe 256 and 1,024
+# (BENCHMARKS.md, "Dedupe at scale"). 128 is the likely better default; its 10M build is unmeasured.
 QUANTIZER_EF = 64
 FIXED_OVERHEAD = 64 << 20  # FAISS's own buffers, search results of one slice
 MIN_MARGIN = {"IVF-SQ8": 0.01, "IVF-PQ": 0.05, "on-disk": 0.01}
