@@ -30,7 +30,7 @@ from .outputs import GROUPS_CSV, GROUPS_JSON, MATCHES_CSV, MatchesWriter, write_
 from .progress import Throughput, progress_bar
 from .results import DedupeSummary, IndexSummary, QueryResult, QuerySummary
 from .score import DEFAULT_THRESHOLD, DEFAULT_TOP_K
-from .search import LoadedIndex, collection_pairs, model_ref
+from .search import LoadedIndex, collection_pairs, default_threshold, model_ref
 from .search import load_index as _load
 from .store import IndexStore
 from .validate import check_number, check_sizes, check_threshold
@@ -271,12 +271,11 @@ def dedupe(
     """
     import numpy as np
 
-    from .dedupe_scale import SLICED_FROM, sliced_groups
+    from .dedupe_scale import SLICED_FROM, sliced_dedupe
     from .index_choice import parse_size
     from .keep import mark_protected
     from .same_files import attach_aliases, collapse_same_files
-    from .score import pairs_of, references_of
-    from .store import descriptors_of, paths_of
+    from .store import paths_of
 
     clock = Throughput()
     extraction = _checked(extraction, post, threshold=threshold)
@@ -295,36 +294,42 @@ def dedupe(
         raise UserError("--regions cannot be combined with --engine ray or --memory-budget (dedupe in slices)")
     index_summary = index_folder(root, index_dir=store.folder, model=model, extraction=extraction, post=post,
                                  regions=regions, engine=engine, ray_address=ray_address, memory_budget=budget)
-    loaded = _load(store)
-    check_threshold(threshold, store.postprocess_entry(loaded.manifest), default=loaded.threshold)
-    threshold = loaded.threshold if threshold is None else threshold
-    full = store.read_table(["width", "height", "bytes", "mtime_ns", "content_hash", "pixel_hash", "descriptor"])
-    paths = paths_of(full)
-    in_root = np.asarray([under(p, root) for p in paths], dtype=bool)
-    whole = loaded.rows.regions == 0  # one item per image: its whole-image row
-    candidates = np.nonzero(in_root & whole)[0].tolist()
-    # Symlinks and hard links to one file are one file: only one of its names is grouped.
-    hashes = full.column("content_hash").to_pylist()
-    one_name, aliases = collapse_same_files([paths[i] for i in candidates], [hashes[i] for i in candidates])
-    rows = np.asarray([candidates[k] for k in one_name], dtype=np.int64)
-    table = full.take(rows)
-    sliced = engine == "ray" or budget is not None or (len(rows) >= SLICED_FROM and not regions)
+    manifest = store.read_manifest()
+    sliced = engine == "ray" or budget is not None or (store.image_count(manifest) >= SLICED_FROM and not regions)
     if sliced:
-        # Dedupe in slices (copyscan.dedupe_scale): the pairs on disk, grouped without an Item
-        # per image; the kept image is the highest resolution (group.by_resolution).
-        descriptors = descriptors_of(table)
-        references = references_of(loaded.post, descriptors)
-        queries = pairs_of(loaded.post, descriptors)
-        groups = sliced_groups(table, references, None if np.array_equal(queries, references) else queries,
-                               threshold=threshold, output=Path(output), source=f"{root}|{store.faiss_fingerprint(loaded.manifest)}",
-                               engine=engine, ray_address=ray_address, memory_budget=budget)
-        images = len(rows)
+        # Dedupe in slices (copyscan.dedupe_scale): the index folder read shard by shard, the
+        # pairs on disk, grouped without an Item per image; the kept image is the highest
+        # resolution (group.by_resolution).
+        from .postprocess import describe_score, load_stored
+
+        entry = store.postprocess_entry(manifest)
+        default = default_threshold(store, manifest)
+        check_threshold(threshold, entry, default=default)
+        threshold = default if threshold is None else threshold
+        score = describe_score(entry)
+        groups, images, aliases = sliced_dedupe(store, root, load_stored(store), threshold=threshold, output=Path(output),
+                                                source=f"{root}|{store.faiss_fingerprint(manifest)}", engine=engine,
+                                                ray_address=ray_address, memory_budget=budget)
     else:
+        loaded = _load(store)
+        check_threshold(threshold, store.postprocess_entry(loaded.manifest), default=loaded.threshold)
+        threshold = loaded.threshold if threshold is None else threshold
+        score = loaded.score
+        full = store.read_table(["width", "height", "bytes", "mtime_ns", "content_hash", "pixel_hash", "descriptor"])
+        paths = paths_of(full)
+        in_root = np.asarray([under(p, root) for p in paths], dtype=bool)
+        whole = loaded.rows.regions == 0  # one item per image: its whole-image row
+        candidates = np.nonzero(in_root & whole)[0].tolist()
+        # Symlinks and hard links to one file are one file: only one of its names is grouped.
+        hashes = full.column("content_hash").to_pylist()
+        one_name, aliases = collapse_same_files([paths[i] for i in candidates], [hashes[i] for i in candidates])
+        rows = np.asarray([candidates[k] for k in one_name], dtype=np.int64)
+        table = full.take(rows)
         groups, images = _grouped(loaded, store, table, full, rows, in_root, whole, threshold, keep, protect_dirs, regions)
     mark_protected(groups, protect_dirs)
     attach_aliases(groups, aliases)
     out = Path(output)
-    summary = DedupeSummary(str(out), index_summary, images, groups, score=loaded.score)
+    summary = DedupeSummary(str(out), index_summary, images, groups, score=score)
     summary.copies = sum(len(g.copies) for g in groups)
     summary.exact_copies = sum(1 for g in groups for c in g.copies if c.match != "near")
     summary.csv_path = str(out / GROUPS_CSV)

@@ -50,23 +50,24 @@ def _str(column, i: int) -> str:
     return os.fsdecode(value) if isinstance(value, bytes) else value  # a path_bytes column: the exact name
 
 
-def _codes(column) -> np.ndarray:
-    """An integer per row, equal for equal strings; -1 for an empty or missing hash (never merged)."""
+def hash_codes(column) -> np.ndarray:
+    """An integer per row, equal for equal strings; -1 for an empty or missing hash (never merged).
+    Computed by column_codes, without Arrow's dictionary encoding (1.2 GB at 10M rows)."""
+    import pyarrow.compute as pc
+
+    from .column_codes import value_codes
+
     array = column if isinstance(column, (pa.Array, pa.ChunkedArray)) else pa.array(column, pa.string())
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    encoded = array.dictionary_encode()
-    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    blank = np.nonzero(encoded.dictionary.to_numpy(zero_copy_only=False) == "")[0]
-    if len(blank):
-        codes[codes == blank[0]] = -1
+    codes = value_codes(array)
+    if len(codes):
+        codes[pc.equal(array, "").fill_null(False).to_numpy(zero_copy_only=False)] = -1
     return codes
 
 
 def exact_labels(content_hash, pixel_hash) -> np.ndarray:
     """Cluster number (0, 1, ...) per row: rows sharing a content or a pixel hash share one cluster
     (transitively), as group.exact_cluster_labels, in numpy."""
-    keys = [_codes(content_hash), _codes(pixel_hash)]
+    keys = [hash_codes(content_hash), hash_codes(pixel_hash)]
     n = len(keys[0])
     label = np.arange(n, dtype=np.int64)
     while True:

@@ -39,6 +39,25 @@ from .errors import UserError
 DEFAULT_BUDGET_SHARE = 0.25
 BUILD_CHUNK = 262_144  # vectors added to the index at a time (128 MB at 128-d): bounds the build's peak
 TRAIN_PER_LIST = 64  # k-means training points per inverted list (faiss warns below 39)
+# Beyond LARGE_NLIST lists (from ~3M vectors) the build and the search are made affordable the way
+# autofaiss and FAISS's billion-scale recipes do for large nlist: the coarse quantiser is an HNSW
+# graph over the centroids (assigning a vector costs a graph walk, not nlist inner products; k-means
+# assigns through one too), the k-means sample is bounded (TRAIN_MAX, 16+ points a list), and a
+# fixed number of lists is probed (LARGE_NPROBE) instead of nlist / 16, whose all-against-all search
+# grows as N^2 / 16 (days at 10M on 2 cores). Recall of planted copies at these settings:
+# BENCHMARKS.md, "Dedupe at scale".
+LARGE_NLIST = 4096
+LARGE_NPROBE = 64
+TRAIN_MAX = 262_144  # 128 MB of training vectors at 128-d (64 a list at 4096 lists)
+HNSW_LINKS = 32  # neighbours per node of the quantiser's graph
+# How wide the quantiser's graph walk is when a vector is assigned its list (and, at least, when a
+# query picks its lists). A vector put in a list that is not its nearest is missed whatever nprobe:
+# recall against exact search at 200k vectors, 8192 lists, nprobe 64 (256): 0.918 (0.921) at
+# faiss's default 16, 0.993 (0.995) at 64, 0.9986 (0.9997) at 128, for 5 / 17 / 57 s of adding on
+# the loaded VM (benchmarks/coarse_quantizer.py). At 16,384 lists: 0.967 at 64 and 0.9915 at 128
+# (1.7 x the add time) at 1M; 0.954 of planted pairs at 64 at 10M, 0.960 at nprobe 256 and 1,024
+# (BENCHMARKS.md, "Dedupe at scale"). 128 is the likely better default; its 10M build is unmeasured.
+QUANTIZER_EF = 64
 FIXED_OVERHEAD = 64 << 20  # FAISS's own buffers, search results of one slice
 MIN_MARGIN = {"IVF-SQ8": 0.01, "IVF-PQ": 0.05, "on-disk": 0.01}
 
@@ -117,7 +136,20 @@ def ivf_lists(n: int) -> int:
 
 
 def default_nprobe(nlist: int) -> int:
+    if nlist > LARGE_NLIST:
+        return LARGE_NPROBE
     return min(nlist, max(16, nlist // 16))
+
+
+def train_size(n: int, nlist: int) -> int:
+    """k-means training vectors: 64 a list, at most TRAIN_MAX beyond LARGE_NLIST lists."""
+    size = min(n, TRAIN_PER_LIST * max(nlist, 1))
+    return min(size, max(TRAIN_MAX, 16 * nlist)) if nlist > LARGE_NLIST else size
+
+
+def coarse(nlist: int) -> str:
+    """The factory prefix of the inverted file: a flat quantiser, or an HNSW one for large nlist."""
+    return f"IVF{nlist}_HNSW{HNSW_LINKS}" if nlist > LARGE_NLIST else f"IVF{nlist}"
 
 
 def pq_sizes(dim: int) -> list[int]:
@@ -135,8 +167,8 @@ def candidates(n: int, dim: int) -> list[IndexPlan]:
 
     nlist = ivf_lists(n)
     nprobe = default_nprobe(nlist)
-    centroids = nlist * dim * 4
-    train = min(n, TRAIN_PER_LIST * nlist) * dim * 4
+    centroids = nlist * dim * 4 + (nlist * HNSW_LINKS * 2 * 4 if nlist > LARGE_NLIST else 0)  # (+ graph links)
+    train = train_size(n, nlist) * dim * 4
     chunk = min(n, BUILD_CHUNK) * dim * 4
     ids = 8
     plans: list[IndexPlan] = []
@@ -144,7 +176,7 @@ def candidates(n: int, dim: int) -> list[IndexPlan]:
         size = n * dim * 4
         plans.append(IndexPlan("Flat", "Flat", memory_bytes=size, build_bytes=size + chunk,
                                reason=f"exact search affordable (N*N*d = {float(n) * n * dim:.1e})"))
-    ivf = f"IVF{nlist}"
+    ivf = coarse(nlist)
     size = n * (dim * 4 + ids) + centroids
     plans.append(IndexPlan("IVF-Flat", f"{ivf},Flat", nlist, nprobe, size, size + train + chunk))
     size = n * (dim + ids) + centroids + 2 * dim * 4
@@ -197,12 +229,25 @@ def build_index(plan: IndexPlan, vectors: np.ndarray, *, ondisk_path: str | None
         # machine (faiss 1.15, 2 cores: 170 s for 50k vectors); 64 points a centroid are enough.
         pq = faiss.downcast_index(faiss.extract_index_ivf(index)).pq
         pq.cp.max_points_per_centroid = 64
+    assigner = None
+    if plan.nlist > LARGE_NLIST:
+        ivf = faiss.extract_index_ivf(index)
+        # k-means assigns its sample through an HNSW graph of the centroids too (rebuilt each
+        # iteration: seconds), not by nlist inner products a point; 16+ points a list suffice.
+        assigner = faiss.IndexHNSWFlat(dim, HNSW_LINKS)  # held here: faiss does not own it
+        ivf.clustering_index = assigner
+        ivf.cp.min_points_per_centroid = 16
     if not index.is_trained:
         rng = np.random.default_rng(seed)
-        size = min(n, TRAIN_PER_LIST * max(plan.nlist, 1))
+        size = train_size(n, plan.nlist)
         rows = np.sort(rng.choice(n, size=size, replace=False))
         index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
         release_pages(vectors)
+    if assigner is not None:
+        ivf = faiss.extract_index_ivf(index)
+        ivf.clustering_index = None
+        del assigner
+        faiss.downcast_index(ivf.quantizer).hnsw.efSearch = QUANTIZER_EF
     if plan.kind == "on-disk":
         if not ondisk_path:
             raise ValueError("the on-disk index needs ondisk_path")
@@ -219,6 +264,29 @@ def build_index(plan: IndexPlan, vectors: np.ndarray, *, ondisk_path: str | None
             release_pages(vectors)
     set_nprobe(index, plan.nprobe)
     return index
+
+
+def write_vectors(path, n: int, dim: int, blocks, queries_path=None) -> None:
+    """The (n, dim) float32 .npy file at `path` (and a second one at `queries_path`) filled from
+    `blocks`, an iterable of row blocks in order ((vectors, queries) tuples), each block's pages
+    handed to the file rather than kept resident: a build can then map it (build_index) without
+    the vectors ever being in memory whole."""
+    outs = [np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))]
+    if queries_path is not None:
+        outs.append(np.lib.format.open_memmap(queries_path, mode="w+", dtype=np.float32, shape=(n, dim)))
+    at = 0
+    for block in blocks:
+        size = len(block[0])
+        if at + size > n:
+            raise ValueError(f"more than the {n} rows announced")
+        for out, part in zip(outs, block):
+            out[at:at + size] = part
+            out.flush()
+            release_pages(out)
+        at += size
+    if at != n:
+        raise ValueError(f"{at} rows written, {n} announced")
+    del outs
 
 
 def release_pages(vectors: np.ndarray) -> None:

@@ -33,6 +33,7 @@ from .errors import Interrupted, UserError, WriteError
 from .extraction import Extraction
 from .identity import ModelInfo
 from .models import LazyModel
+from .oserrors import writing
 from .progress import Throughput, progress_bar
 from .results import IndexSummary
 from .store import IndexStore
@@ -190,23 +191,38 @@ def commit(store: IndexStore, info: ModelInfo, roots: list[str], skipped: int,
 
     The index kind is the most exact that `memory_budget` allows (index_choice); an approximate
     one records its score margin, so that searches re-score its candidates exactly."""
-    from .index_choice import build_index, margin_for, plan_index
+    import numpy as np
+
+    from .index_choice import build_index, margin_for, plan_index, write_vectors
     from .postprocess import describe_score, load_stored
     from .score import references_of
-    from .store import descriptors_of
 
     post = load_stored(store)
-    table = store.read_table(["descriptor", "region"])
-    vectors = references_of(post, descriptors_of(table))
-    # Region rows (index --regions) are in the same FAISS file; the counts are of images.
-    region_rows = int(sum(1 for r in table.column("region").to_pylist() if r))
-    choice = plan_index(len(vectors), vectors.shape[1], memory_budget)
-    index = build_index(choice, vectors, ondisk_path=str(store.ondisk_lists_path()))
-    meta = store.save_faiss(index, choice.factory, choice.reason, choice.nprobe, len(vectors),
-                            describe_score(store.postprocess_entry()), margin=margin_for(choice, index, vectors),
-                            kind_name=choice.kind)
-    store.commit_manifest(info, len(vectors) - region_rows, skipped, meta, roots, region_rows)
-    return len(vectors) - region_rows, choice.factory
+    # The live rows shard by shard, their vectors into a file the build maps: the descriptors are
+    # never in memory whole (10M x 128-d is 5 GB), nor a Python object per row.
+    rows = store.live_rows(["region"])
+    region_rows = int(np.count_nonzero(rows.table.column("region").fill_null(0).to_numpy(zero_copy_only=False)))
+    count = len(rows)
+    scratch = store.scratch_vectors_path()
+    try:
+        dim = references_of(post, np.eye(1, store.stored_model().dim, dtype=np.float32)).shape[1]
+        if count:
+            with writing(scratch, "--index-dir"):
+                write_vectors(scratch, count, dim, ((references_of(post, d),) for d in store.descriptor_blocks(rows)))
+            vectors = np.load(scratch, mmap_mode="r")
+        else:
+            vectors = np.zeros((0, dim), np.float32)
+        del rows
+        choice = plan_index(count, dim, memory_budget)
+        index = build_index(choice, vectors, ondisk_path=str(store.ondisk_lists_path()))
+        margin = margin_for(choice, index, vectors)
+        del vectors
+    finally:
+        scratch.unlink(missing_ok=True)
+    meta = store.save_faiss(index, choice.factory, choice.reason, choice.nprobe, count,
+                            describe_score(store.postprocess_entry()), margin=margin, kind_name=choice.kind)
+    store.commit_manifest(info, count - region_rows, skipped, meta, roots, region_rows)
+    return count - region_rows, choice.factory
 
 
 # ---- the job ------------------------------------------------------------------------------------

@@ -184,15 +184,33 @@ class PairSearch:
 
 def prepare(work: str | os.PathLike, vectors: np.ndarray, *, threshold: float, budget: int | None = None,
             slice_rows: int = SLICE_ROWS, source: str = "", plan=None, queries: np.ndarray | None = None) -> PairSearch:
-    """Lay out a pair search over `vectors` in `work`: the vectors file, the index the memory
-    budget allows, its margin. A work folder already holding the same search (same source,
-    threshold, size) is reused as it is, so that an interrupted search resumes."""
+    """prepare_streamed over `vectors` (and `queries`) held by the caller: an array, or the work
+    folder's own vectors file already mapped (then not written again)."""
+    n, dim = vectors.shape
+
+    def blocks():
+        for a in range(0, n, RESCORE_CHUNK):
+            yield vectors[a:a + RESCORE_CHUNK], None if queries is None else queries[a:a + RESCORE_CHUNK]
+
+    written = isinstance(vectors, np.memmap) and Path(vectors.filename) == Path(work) / "vectors.npy"
+    if written and queries is not None:
+        raise ValueError("queries beside the work folder's own vectors file: pass the vectors as an array")
+    return prepare_streamed(work, n, dim, None if written else blocks, threshold=threshold, budget=budget,
+                            slice_rows=slice_rows, source=source, plan=plan, with_queries=queries is not None)
+
+
+def prepare_streamed(work: str | os.PathLike, n: int, dim: int, blocks, *, threshold: float, budget: int | None = None,
+                     slice_rows: int = SLICE_ROWS, source: str = "", plan=None, with_queries: bool = False) -> PairSearch:
+    """Lay out a pair search over N vectors of `dim` in `work`: the vectors file, written from
+    `blocks()` (an iterable of (vectors, queries or None) row blocks, in order: no more than one
+    block in memory; None when WORK/vectors.npy holds them already), the index the memory budget
+    allows, its margin. A work folder already holding the same search (same source, threshold,
+    size) is reused as it is, without calling `blocks`, so that an interrupted search resumes."""
     import faiss
 
-    from .index_choice import build_index, margin_for, plan_index
+    from .index_choice import build_index, margin_for, plan_index, write_vectors
 
     work = Path(work)
-    n, dim = vectors.shape
     plan = plan or plan_index(n, dim, budget)
     probe = PairSearch(work, n, float(threshold), 0.0, plan.nprobe, slice_rows, source, plan.kind)
     saved = _saved(work)
@@ -203,11 +221,9 @@ def prepare(work: str | os.PathLike, vectors: np.ndarray, *, threshold: float, b
     (work / "search.json").unlink(missing_ok=True)  # written again last, once the index is whole
     for old in (probe.pair_dir.glob("pairs-*.parquet") if probe.pair_dir.is_dir() else []):
         old.unlink()  # another search's pairs
-    if not (isinstance(vectors, np.memmap) and Path(vectors.filename) == probe.vectors_path):
-        _write_npy(probe.vectors_path, vectors)
     probe.queries_path.unlink(missing_ok=True)
-    if queries is not None:
-        _write_npy(probe.queries_path, queries)
+    if blocks is not None:
+        write_vectors(probe.vectors_path, n, dim, blocks(), probe.queries_path if with_queries else None)
     mapped = open_vectors(str(probe.vectors_path))
     index = build_index(plan, mapped, ondisk_path=str(work / "index.ivfdata"))
     margin = margin_for(plan, index, mapped)
@@ -216,17 +232,6 @@ def prepare(work: str | os.PathLike, vectors: np.ndarray, *, threshold: float, b
     search = PairSearch(work, n, float(threshold), margin, plan.nprobe, slice_rows, source, plan.kind)
     search.save()
     return search
-
-
-def _write_npy(path: Path, array: np.ndarray) -> None:
-    from .index_choice import release_pages
-
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=array.shape)
-    for a in range(0, len(array), RESCORE_CHUNK):
-        out[a:a + RESCORE_CHUNK] = array[a:a + RESCORE_CHUNK]
-        out.flush()
-        release_pages(out)  # written pages go to the file, not this process's resident memory
-    del out
 
 
 def _saved(work: Path) -> dict | None:

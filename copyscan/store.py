@@ -32,7 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Sequence
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -142,6 +142,29 @@ _UMASK = _current_umask()
 
 def to_path_bytes(path: str) -> bytes:
     return os.fsencode(path)
+
+
+@dataclass
+class LiveRows:
+    """Rows picked from the live shards (IndexStore.live_rows): `table` holds their columns, in
+    shard then row order; `picks[k]` are their row numbers within `shards[k]`."""
+
+    shards: list[Path]
+    picks: list[np.ndarray]
+    table: pa.Table
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def take(self, rows: np.ndarray) -> LiveRows:
+        """The rows at positions `rows` (sorted, increasing) of this selection."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ends = np.cumsum([len(p) for p in self.picks])
+        cuts = np.searchsorted(rows, ends)
+        starts = np.concatenate([[0], ends[:-1]]) if len(ends) else ends
+        picks = [pick[rows[a:b] - start] for pick, start, a, b in zip(self.picks, starts, np.concatenate([[0], cuts[:-1]]), cuts)]
+        table = self.table.take(pa.array(rows, type=pa.int64())).combine_chunks()
+        return LiveRows(self.shards, picks, table)
 
 
 class IndexStore:
@@ -390,12 +413,7 @@ class IndexStore:
         The `path_bytes` column is always included: it is the row's identity.
         """
         cols = None if columns is None else list(dict.fromkeys(["path_bytes", *columns]))
-        tables = []
-        for shard in self.shard_paths():
-            try:
-                tables.append(_read_shard(shard, cols))
-            except (OSError, pa.ArrowInvalid) as exc:
-                raise IndexFolderError(f"shard {shard} is unreadable ({exc}); delete it and run `copyscan index` again") from None
+        tables = [self._read_checked(shard, cols) for shard in self.shard_paths()]
         if not tables:
             return _empty(cols, self._dim_or_none())
         # Shards written before region rows existed lack their columns: null there, read as whole images.
@@ -413,6 +431,73 @@ class IndexStore:
         if len(keep) != table.num_rows:
             table = table.take(pa.array(keep, type=pa.int64()))
         return table
+
+    def live_rows(self, columns: list[str], *, root: str | None = None, whole_images: bool = False) -> LiveRows:
+        """The rows `read_table(columns, root)` gives (latest shard wins for a path, shard then row
+        order), read one shard at a time and kept as Arrow columns: no Python object per row and
+        no descriptor (read them with `descriptor_blocks`). `whole_images` leaves region rows out.
+
+        For collections too large for read_table's dict of every path (dedupe at scale, the index
+        job's FAISS build): which path's newest shard is which is worked out on 64-bit keys of the
+        path column (_newest_rows)."""
+        import pyarrow.compute as pc
+
+        cols = list(dict.fromkeys(["path_bytes", *columns]))
+        read = list(dict.fromkeys([*cols, "region"])) if whole_images else cols
+        prefix = None if root is None else os.fsencode(root.rstrip(os.sep) or os.sep)
+        shards, picks, regions = [], [], []
+        chunks: dict[str, list[pa.Array]] = {c: [] for c in cols}  # column by column, shard by shard
+        for number, shard in enumerate(self.shard_paths()):
+            if number % 256 == 255:
+                _release_arrow_memory()  # the read buffers of the shards so far
+            table = self._read_checked(shard, read)
+            keep = np.arange(table.num_rows, dtype=np.int64)
+            if prefix is not None:  # discover.under, on the path bytes
+                paths = table.column("path_bytes")
+                inside = pc.or_(pc.equal(paths, pa.scalar(prefix, pa.binary())),
+                                pc.starts_with(paths, pattern=prefix.rstrip(os.fsencode(os.sep)) + os.fsencode(os.sep)))
+                keep = np.nonzero(inside.to_numpy(zero_copy_only=False))[0]
+                table = table.take(pa.array(keep, type=pa.int64()))
+            shards.append(shard)
+            picks.append(keep)
+            if whole_images:
+                regions.append(table.column("region").fill_null(0).to_numpy(zero_copy_only=False))
+            for c in cols:
+                chunks[c].extend(table.column(c).chunks)
+        if not shards:
+            return LiveRows([], [], _empty(cols, self._dim_or_none()))
+        shard_of = np.repeat(np.arange(len(picks)), [len(p) for p in picks])
+        keep = _newest_rows(pa.chunked_array(chunks["path_bytes"], pa.binary()), shard_of)
+        if whole_images:
+            keep &= np.concatenate(regions) == 0
+        starts = np.concatenate([[0], np.cumsum([len(p) for p in picks])])
+        picks = [pick[keep[a:b]] for pick, a, b in zip(picks, starts[:-1], starts[1:])]
+        mask = None if keep.all() else pa.array(keep)
+        del keep
+        # One array per column (random access by row is fast: group_stream.ItemColumns), each
+        # built and its shard chunks let go before the next: never two copies of every column.
+        arrays = {}
+        for c in cols:
+            parts = chunks.pop(c)
+            whole = pa.concat_arrays(parts) if parts else pa.array([], _empty([c], None).schema.field(c).type)
+            del parts
+            arrays[c] = whole if mask is None else whole.filter(mask)
+            del whole
+        _release_arrow_memory()
+        return LiveRows(shards, picks, pa.table(arrays))
+
+    def descriptor_blocks(self, rows: LiveRows) -> Iterator[np.ndarray]:
+        """The descriptors of `rows` (live_rows), one (n, dim) float32 block per shard, in order."""
+        for shard, pick in zip(rows.shards, rows.picks):
+            if len(pick):
+                table = self._read_checked(shard, ["descriptor"])
+                yield descriptors_of(table if len(pick) == table.num_rows else table.take(pa.array(pick, type=pa.int64())))
+
+    def _read_checked(self, shard: Path, columns: list[str]) -> pa.Table:
+        try:
+            return _read_shard(shard, columns)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise IndexFolderError(f"shard {shard} is unreadable ({exc}); delete it and run `copyscan index` again") from None
 
     def paths_with_regions(self) -> set[str]:
         """Paths whose live rows include region rows (copyscan.regions)."""
@@ -582,6 +667,11 @@ class IndexStore:
         return {"type": kind, "rule": rule, "nprobe": nprobe, "count": count, "score": score, "layout": FAISS_LAYOUT,
                 "margin": margin, "choice": kind_name, "shards_fingerprint": self.faiss_fingerprint()}
 
+    def scratch_vectors_path(self) -> Path:
+        """Where the FAISS build's vectors wait, mapped, while it runs (removed after; a killed
+        build's copy is a leftover temporary file the next writer removes)."""
+        return self.folder / f".{FAISS_FILE}.vectors.tmp"
+
     def ondisk_lists_path(self) -> Path:
         """Where an on-disk FAISS index (index_choice) keeps its inverted lists."""
         return self.folder / ONDISK_LISTS_FILE
@@ -677,6 +767,24 @@ def _read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
         if name not in present and name in REGION_FIELDS:
             table = table.append_column(REGION_FIELDS[name], pa.nulls(table.num_rows, REGION_FIELDS[name].type))
     return table
+
+
+def _newest_rows(paths: pa.ChunkedArray, shard_of: np.ndarray) -> np.ndarray:
+    """Which rows are in the newest shard holding their path (a path's live rows): the largest
+    shard number over each path's code (column_codes: no dictionary of every path, which would
+    cost about 4 times the path column, 1.2 GB at 10M rows)."""
+    from .column_codes import value_codes
+
+    codes = value_codes(paths)
+    newest = np.full(int(codes.max()) + 1 if len(codes) else 0, -1, dtype=np.int64)
+    np.maximum.at(newest, codes, shard_of)
+    return newest[codes] == shard_of
+
+
+def _release_arrow_memory() -> None:
+    """Give the memory Arrow's pool holds free back to the system: after reading every shard's
+    columns its allocator keeps the freed shard buffers (about twice the columns at 10M rows)."""
+    pa.default_memory_pool().release_unused()
 
 
 def _shard_order(path: Path) -> tuple[int, str]:

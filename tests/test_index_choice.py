@@ -72,6 +72,31 @@ def test_every_kind_finds_the_exact_pairs_with_exact_scores(kind, tmp_path):
     np.testing.assert_allclose(got.score, np.einsum("ij,ij->i", x[got.first], x[got.second]), atol=1e-6)
 
 
+def test_large_nlist_uses_an_hnsw_quantiser_a_bounded_sample_and_a_fixed_nprobe(tmp_path, monkeypatch):
+    # The settings that make a 10M build affordable, exercised at a small size by lowering the
+    # boundary: the index file (mapped by each slice) still finds every planted pair exactly.
+    monkeypatch.setattr(index_choice, "LARGE_NLIST", 32)
+    monkeypatch.setattr(index_choice, "LARGE_NPROBE", 16)
+    monkeypatch.setattr(index_choice, "TRAIN_MAX", 2048)
+    assert index_choice.default_nprobe(64) == 16 and index_choice.default_nprobe(32) == 16
+    assert index_choice.train_size(10**6, 64) == 2048 and index_choice.train_size(10**6, 32) == 64 * 32
+    x = unit_vectors(6000, 32)
+    plan = index_choice.IndexPlan("IVF-SQ8", f"{index_choice.coarse(64)},SQ8", 64, index_choice.default_nprobe(64),
+                                  exact_scores=False)
+    assert plan.factory == "IVF64_HNSW32,SQ8"
+    search = pair_search.prepare(tmp_path / "w", x, threshold=0.8, plan=plan, slice_rows=2500)
+    index = pair_search.open_index(str(search.index_path), search.nprobe)
+    import faiss
+
+    quantiser = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
+    assert isinstance(quantiser, faiss.IndexHNSWFlat) and quantiser.hnsw.efSearch == index_choice.QUANTIZER_EF
+    assert faiss.extract_index_ivf(index).nprobe == 16
+    pair_search.run_local(search)
+    got = pair_search.load_pairs(search.files(), len(x))
+    exact = find_pairs(x, 0.8)
+    assert list(zip(got.first.tolist(), got.second.tolist())) == list(zip(exact.first.tolist(), exact.second.tolist()))
+
+
 def test_pair_search_resumes_at_the_missing_slice(tmp_path):
     x = unit_vectors(6000, 32)
     search = pair_search.prepare(tmp_path / "w", x, threshold=0.8, slice_rows=2000, source="s1")
