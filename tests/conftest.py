@@ -148,3 +148,22 @@ def tiny_model_path(tmp_path_factory) -> Path:
     finally:
         torch.random.set_rng_state(state)
     return path
+
+
+@pytest.fixture(scope="session")
+def other_model_path(tmp_path_factory) -> Path:
+    """A second tiny checkpoint (`tiny16.safetensors`, 16-d, seed 1): another model than
+    `tiny_model_path`'s, for the checks that refuse to mix two models in one index."""
+    import torch
+
+    from copyscan.models.checkpoint import build_net, make_config, save_checkpoint
+
+    path = tmp_path_factory.mktemp("other_model") / "tiny16.safetensors"
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(1)
+        config = make_config(**dict(TINY_CONFIG, name="tiny16", embed_dim=16))
+        save_checkpoint(build_net(config).eval(), config, path)
+    finally:
+        torch.random.set_rng_state(state)
+    return path

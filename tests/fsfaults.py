@@ -20,7 +20,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -75,16 +75,25 @@ def _fill(folder: Path, free_bytes: int) -> None:
         fh.write(b"\0" * filler)
 
 
+def _chattr_immutable(path: Path) -> ExitStack | None:
+    """`chattr +i` on `path` where this machine allows it (root, a filesystem with the flag): a
+    context that clears the flag on exit; None where it cannot be set."""
+    if not (REAL and IS_ROOT and _run("chattr", "+i", str(path))):
+        return None
+    undo = ExitStack()
+    undo.callback(_run, "chattr", "-i", str(path))
+    return undo
+
+
 @contextmanager
 def write_protected(folder: Path, monkeypatch) -> Iterator[str]:
     """Nothing can be created, replaced or removed inside `folder` (existing files may still be
     opened for writing). Yields how: "chattr", "ro-mount", "chmod" or "injected"."""
     folder = folder.resolve()
-    if REAL and IS_ROOT and _run("chattr", "+i", str(folder)):
-        try:
+    undo = _chattr_immutable(folder)
+    if undo is not None:
+        with undo:
             yield "chattr"
-        finally:
-            _run("chattr", "-i", str(folder))
         return
     if REAL and IS_ROOT and _run("mount", "--bind", str(folder), str(folder)):
         if _run("mount", "-o", "remount,ro,bind", str(folder)):
@@ -110,11 +119,10 @@ def write_protected(folder: Path, monkeypatch) -> Iterator[str]:
 def immutable_file(path: Path, monkeypatch) -> Iterator[str]:
     """`path` cannot be replaced, written or removed. Yields "chattr" or "injected"."""
     path = path.resolve()
-    if REAL and IS_ROOT and _run("chattr", "+i", str(path)):
-        try:
+    undo = _chattr_immutable(path)
+    if undo is not None:
+        with undo:
             yield "chattr"
-        finally:
-            _run("chattr", "-i", str(path))
         return
     _inject(monkeypatch, lambda p: Path(os.path.abspath(os.fsdecode(p))) == path, errno.EPERM)
     yield "injected"

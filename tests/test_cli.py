@@ -157,25 +157,6 @@ def calibrated_model(tiny_model_path, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def other_model(tmp_path_factory) -> Path:
-    """A second tiny checkpoint, 16-d: another model."""
-    import torch
-
-    from copyscan.models.checkpoint import build_net, make_config, save_checkpoint
-
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(1)
-        config = make_config(name="tiny16", backbone="test_efficientnet", feature_dim=256, embed_dim=16, input_size=64)
-        net = build_net(config).eval()
-        path = tmp_path_factory.mktemp("other_model") / "tiny16.safetensors"
-        save_checkpoint(net, config, path)
-    finally:
-        torch.random.set_rng_state(state)
-    return path
-
-
 # ---- index --------------------------------------------------------------------------------------
 
 
@@ -430,12 +411,12 @@ def test_index_fixed_file_leaves_skipped(cwd, tiny_model_path):
 # ---- mixed models -------------------------------------------------------------------------------
 
 
-def test_mixed_models_refused(cwd, tiny_model_path, other_model):
+def test_mixed_models_refused(cwd, tiny_model_path, other_model_path):
     make_library(cwd / "refs", bad=False)
     cli("index", "./refs", "--model", tiny_model_path, "-j", "0", "-q")
     manifest_before = (cwd / INDEX / "manifest.json").read_text()
     shards_before = snapshot(cwd / INDEX / "shards")
-    r = cli("index", "./refs", "--model", other_model, "-j", "0", "-q", code=1)
+    r = cli("index", "./refs", "--model", other_model_path, "-j", "0", "-q", code=1)
     assert "holds descriptors of model" in r.output
     assert "Traceback" not in r.output
     lines = [line for line in r.stderr.splitlines() if line.strip()]
@@ -444,9 +425,9 @@ def test_mixed_models_refused(cwd, tiny_model_path, other_model):
     assert (cwd / INDEX / "manifest.json").read_text() == manifest_before
     assert snapshot(cwd / INDEX / "shards") == shards_before
     # dedupe (into that index) and query with the other model are refused the same way
-    r = cli("dedupe", "./refs", "--index-dir", INDEX, "--model", other_model, "-j", "0", "-q", code=1)
+    r = cli("dedupe", "./refs", "--index-dir", INDEX, "--model", other_model_path, "-j", "0", "-q", code=1)
     assert "holds descriptors of model" in r.output and "Traceback" not in r.output
-    r = cli("query", "./refs", "--model", other_model, "-j", "0", "-q", code=1)
+    r = cli("query", "./refs", "--model", other_model_path, "-j", "0", "-q", code=1)
     assert "holds descriptors of model" in r.output and "Traceback" not in r.output
 
 

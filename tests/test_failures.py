@@ -323,24 +323,6 @@ def test_shards_of_two_models_without_a_manifest_are_refused(work, other_model_p
         assert_clean_failure(r, "two models", "tiny (32-d", "tiny16 (16-d", "part-000077.parquet")
 
 
-@pytest.fixture(scope="module")
-def other_model_path(tmp_path_factory) -> Path:
-    """A second tiny checkpoint, 16-d: another model."""
-    import torch
-
-    from copyscan.models.checkpoint import build_net, make_config, save_checkpoint
-
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(1)
-        config = make_config(name="tiny16", backbone="test_efficientnet", feature_dim=256, embed_dim=16, input_size=64)
-        path = tmp_path_factory.mktemp("other") / "tiny16.safetensors"
-        save_checkpoint(build_net(config).eval(), config, path)
-    finally:
-        torch.random.set_rng_state(state)
-    return path
-
-
 # ---- a training state given as a model ------------------------------------------------------------
 
 
