@@ -15,6 +15,7 @@ scores per epoch). The checkpoint's own projector is scored too, as the bar to b
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -139,8 +140,7 @@ def main() -> None:
             log.flush()
             print(f"{dim}-d: best epoch {result.best_epoch}: hard {best['hard']['micro_ap']:.4f} "
                   f"plain {best['plain']['micro_ap']:.4f} ({row['seconds']} s)", flush=True)
-            target = load_checkpoint(args.checkpoint, "cpu").net.float()
-            head_fit.with_head(target, result.weight, result.bias)
+            target = head_fit.with_head(copy.deepcopy(net), result.weight, result.bias)  # the same trunk, this head
             save_checkpoint(target, dict(config, embed_dim=dim), Path(args.out, f"head_{dim}.safetensors"))
 
 
