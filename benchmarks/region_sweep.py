@@ -17,7 +17,8 @@ rule), inliers and budget (verified pairs scored by their inliers, on more or fe
 (the chosen shape around its defaults), discount (a crop's score counted less), precision (copies
 among verified pairs by inliers, and among pairs by cosine), shift (every band and the anchor
 moved together, for a model on another cosine scale), anchor (only the verified score's anchor
-moved), lower (wider bands with fewer crops).
+moved), lower (wider bands with fewer crops), cheap (the current shape and two wider bands, for
+--orb and --feature-side: cheaper local features).
 """
 
 from __future__ import annotations
@@ -65,6 +66,15 @@ class Setting:
     inliers: tuple[int, float, float] | None = None
     embed_boxes: bool = True  # the verified boxes re-embedded and scored (2 model calls a pair)
     crop_discount: float = 0.0  # a crop's score counts this much less than a whole image's
+    fail_penalty: float = 0.0  # a verified pair whose inliers stay below the floor loses this much
+
+
+def _rgb(path: str):
+    """The image at `path` in colour, for re-embedding a verified box (verification reads gray)."""
+    from copyscan.decode import open_image, read_bytes
+    from copyscan.verify import FEATURE_SIDE
+
+    return open_image(read_bytes(path), FEATURE_SIDE)[0]
 
 
 class Verifier:
@@ -100,7 +110,8 @@ class Verifier:
                 self.pairs[key] = None
             else:
                 size = self.model.input_size
-                d = self.model.embed(np.stack([crop(q[0], v.query_box, size), crop(r[0], v.reference_box, size)]))
+                qi, ri = _rgb(query), _rgb(reference)
+                d = self.model.embed(np.stack([crop(qi, v.query_box, size), crop(ri, v.reference_box, size)]))
                 self.pairs[key] = (v.inliers, v.query_box, v.reference_box, float(d[0] @ rvec), float(d[1] @ qvec))
             self.new += 1
             self.seconds += time.perf_counter() - t
@@ -165,19 +176,26 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--tables", default="crops,verify,inliers", help="which groups of settings: crops, verify, inliers")
     ap.add_argument("--feature-side", type=int, default=None, help="verify.FEATURE_SIDE for this run")
+    ap.add_argument("--orb", default=None, help="verify.ORB_LEVELS,ORB_SCALE[,ORB_FAST] for this run (e.g. 5,1.3)")
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
-    if args.feature_side:
-        from copyscan import verify as geo
+    from copyscan import verify as geo
 
+    if args.feature_side:
         geo.FEATURE_SIDE = args.feature_side
+    if args.orb:
+        levels, scale, *fast = args.orb.split(",")
+        geo.ORB_LEVELS, geo.ORB_SCALE = int(levels), float(scale)
+        if fast:
+            geo.ORB_FAST = int(fast[0])
     model = create_model(args.model, "cpu")
     b = Cached(args.bench, model, args.cache)
     rp, rd, qp, qd, grid, gt, labels, rid, qid, index = b.rp, b.rd, b.qp, b.qd, b.qc, b.gt, b.labels, b.rid, b.qid, b.index
     centred: dict[float, np.ndarray] = {}  # embedded when a crop set first needs them
     kk = K + 1  # the Refiner searches top_k + 1
     gs, gi = index.search(qd, kk)
-    verifier = Verifier(model, args.cache, "" if not args.feature_side else f"-{args.feature_side}")
+    tag = ("" if not args.feature_side else f"-{args.feature_side}") + ("" if not args.orb else f"-orb{args.orb}")
+    verifier = Verifier(model, args.cache, tag)
 
     hits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -222,6 +240,8 @@ def main() -> None:
                     continue
                 verified += 1
                 v = verifier.get(qp[q], rp[r], qd[q], rd[r])
+                if st.fail_penalty and (v is None or st.inliers is None or v[0] < st.inliers[0]):
+                    cand[r] = (s - st.fail_penalty, how)
                 if v is None:
                     continue
                 new = s
@@ -259,6 +279,8 @@ def main() -> None:
             band += "; boxes not re-embedded"
         if st.crop_discount:
             band += f"; crops - {st.crop_discount:.2f}"
+        if st.fail_penalty:
+            band += f"; unverified - {st.fail_penalty:.2f}"
         low = "" if not st.low_crops else f"{st.low_crops} below {st.low_cut:.2f}"
         place = "-" if st.place_from > 1 else f"{st.place_from:.2f}"
         print(f"| {st.crops} | {st.cut:.2f} | {place} | {band} | {low} | {calls:.2f} | {ver:.2f} | {score(best)} |",
@@ -338,6 +360,18 @@ def main() -> None:
             for band in ((0.30, 0.60), (0.32, 0.60), (0.30, 0.58), (0.32, 0.62), (0.34, 0.62)):
                 settings.append(Setting("centre 60%", cut, place_from=0.45, band=band, inliers=(20, 0.75, 0.1),
                                         embed_boxes=False))
+    if "penalty" in tables:  # a best match that fails verification scored lower
+        for band in ((0.38, 0.6), (0.35, 0.6), (0.3, 0.6)):
+            for pen in (0.0, 0.03, 0.06, 0.1, 0.2):
+                for floor in (15, 20):
+                    settings.append(Setting("centre 60%", 0.55, place_from=0.45, band=band, inliers=(floor, 0.75, 0.1),
+                                            embed_boxes=False, fail_penalty=pen))
+    if "cheap" in tables:  # the current shape and wider bands (run with --orb / --feature-side for cheaper features)
+        for cut in (0.5, 0.55):
+            for band in ((0.38, 0.6), (0.35, 0.6), (0.32, 0.6), (0.3, 0.6)):
+                for floor in (15, 20):
+                    settings.append(Setting("centre 60%", cut, place_from=0.45, band=band, inliers=(floor, 0.75, 0.1),
+                                            embed_boxes=False))
     for s in settings:
         row(s)
 

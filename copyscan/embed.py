@@ -176,28 +176,51 @@ def _collate_requests(items):
     return items  # each item keeps its own stack of crops
 
 
+def _threaded(dataset: Dataset, per_batch: int, threads: int):
+    """The dataset's items in lists of `per_batch`, prepared on `threads` threads ahead of the
+    consumer (Pillow releases the GIL while it decodes and resizes). Meant for the few hundred
+    requests of one chunk: every item is submitted at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="copyscan-crops") as pool:
+        batch = []
+        for item in pool.map(dataset.__getitem__, range(len(dataset))):
+            batch.append(item)
+            if len(batch) == per_batch:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
 def embed_regions(
     requests: Sequence[tuple[str, Sequence[Box]]],
     model,
     batch_size: int = 32,
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    threads: int = 0,
 ) -> Iterator[RegionBatch]:
     """Embed the boxes of each (path, boxes) request; yields batches of about `batch_size` crops.
 
     Files are decoded again (once each, at the resolution the smallest box needs) in worker
-    processes, as in copyscan.embed.
+    processes, as in copyscan.embed, or with `workers` 0 and `threads` on that many threads of
+    this process (no process start-up: for the few crops of one chunk of queries).
     """
     if not requests:
         return
     workers = default_workers(gpu=model.device.type == "cuda") if workers is None else workers
     per_file = max(1, max(len(b) for _, b in requests))
-    loader = DataLoader(
-        _Requests(requests, model.input_size, max_pixels),
-        batch_size=max(1, batch_size // per_file), num_workers=workers, collate_fn=_collate_requests,
-        prefetch_factor=4 if workers else None,
-        worker_init_fn=partial(lower_priority, CPU_DECODE_NICENESS) if model.device.type == "cpu" and workers else None,
-    )
+    dataset = _Requests(requests, model.input_size, max_pixels)
+    per_batch = max(1, batch_size // per_file)
+    if workers == 0 and threads > 0:
+        loader = _threaded(dataset, per_batch, threads)
+    else:
+        loader = DataLoader(
+            dataset, batch_size=per_batch, num_workers=workers, collate_fn=_collate_requests,
+            prefetch_factor=4 if workers else None,
+            worker_init_fn=partial(lower_priority, CPU_DECODE_NICENESS) if model.device.type == "cpu" and workers else None,
+        )
     for items in loader:
         owner: list[int] = []
         boxes: list[Box] = []

@@ -71,7 +71,9 @@ class RegionSettings:
     # threshold, plus `inlier_step` for each doubling of the inliers (verified_score).
     inlier_floor: int = 20
     inlier_step: float = 0.1
-    chunk: int = 512  # queries refined together (crops batched, reference features shared)
+    # Queries refined together (crops batched): a chunk's pairs are verified while the next chunk
+    # is embedded, so smaller chunks overlap more (256 against 512: 1.92x against 1.94x plain).
+    chunk: int = 256
     # Score the query's whole image against the references' region rows (index --regions) too.
     # Off: on the dev benchmark they added 0.0003-0.0025 micro AP to the query crops for twice
     # the index (alone they cost 0.003; BENCHMARKS.md "Regions"). Region rows serve dedupe, where
@@ -158,15 +160,29 @@ class Refiner:
         self.stats = {"queries": 0, "cropped": 0, "crops": 0, "verified_pairs": 0, "verified": 0, "lifted": 0}
         self._ref_features: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
+        self._pool = None  # verification threads, started with the first pair
 
     # ---- query crops ---------------------------------------------------------------------------
 
     def refine(self, pending: Sequence[PendingQuery], k: int) -> None:
         """Update each pending query's candidates in place (crops, then verification)."""
+        self.start(pending, k).wait()
+
+    def start(self, pending: Sequence[PendingQuery], k: int) -> "Verifying":
+        """Crops now; verification started on the thread pool. The candidates change only in the
+        returned handle's `wait()`, so the caller can embed the next chunk meanwhile: ORB and
+        RANSAC run beside the model instead of after it (BENCHMARKS.md "Regions": the model's
+        two threads leave a core half idle)."""
         self.k = k
         self.stats["queries"] += len(pending)
         self._crops(pending)
-        self._verify(pending)
+        return self._start_verify(pending)
+
+    def close(self) -> None:
+        """Stop the verification threads (pending pairs are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def _kw(self) -> dict:
         kw = {"batch_size": self.batch_size, "workers": self.workers}
@@ -185,7 +201,9 @@ class Refiner:
         params = whole_image_params(self.index, self.rows)
         from .embed import embed_regions
 
-        for batch in embed_regions([(q.path, s.query_boxes) for q in todo], self.model, **self._kw()):
+        # Crops are decoded on a thread while the model embeds the previous batch.
+        for batch in embed_regions([(q.path, s.query_boxes) for q in todo], self.model, threads=1 if self.workers == 0 else 0,
+                                   **self._kw()):
             if not len(batch.owner):
                 continue
             self.stats["crops"] += len(batch.owner)
@@ -195,7 +213,7 @@ class Refiner:
 
     # ---- geometric verification ----------------------------------------------------------------
 
-    def _verify(self, pending: Sequence[PendingQuery]) -> None:
+    def _start_verify(self, pending: Sequence[PendingQuery]) -> "Verifying":
         s = self.settings
         work: list[tuple[PendingQuery, str, Candidate]] = []  # each query's best match, where it pays
         for q in pending:
@@ -215,15 +233,18 @@ class Refiner:
             if uncertain or coarse or reported:
                 work.append((q, ref, c))
         if not work:
-            return
-        from concurrent.futures import ThreadPoolExecutor
+            return Verifying(self, [], [])
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
 
-        from .embed import default_workers
+            from .embed import default_workers
 
-        # OpenCV and Pillow release the GIL and the model is idle meanwhile: pairs are verified on
-        # every core (BENCHMARKS.md "Regions": 2 threads on 2 cores).
-        with ThreadPoolExecutor(max_workers=default_workers()) as pool:
-            found = list(pool.map(lambda job: self._verify_pair(job[0].path, job[1]), work))
+            # OpenCV and Pillow release the GIL: pairs are verified on a thread per core.
+            self._pool = ThreadPoolExecutor(max_workers=default_workers(), thread_name_prefix="copyscan-verify")
+        return Verifying(self, work, [self._pool.submit(self._verify_pair, q.path, ref) for q, ref, _ in work])
+
+    def _apply(self, work: list[tuple[PendingQuery, str, Candidate]], found: list) -> None:
+        s = self.settings
         for (q, ref, c), (tried, v) in zip(work, found):
             self.stats["verified_pairs"] += tried
             if v is None:
@@ -257,6 +278,17 @@ class Refiner:
         return value
 
 
+class Verifying:
+    """A chunk's verification under way: `wait()` puts its verified scores and boxes in place."""
+
+    def __init__(self, refiner: Refiner, work: list, futures: list):
+        self.refiner, self.work, self.futures = refiner, work, futures
+
+    def wait(self) -> None:
+        self.refiner._apply(self.work, [f.result() for f in self.futures])
+        self.work, self.futures = [], []
+
+
 # ---- query ---------------------------------------------------------------------------------------
 
 
@@ -279,10 +311,17 @@ def query_batches_with_regions(loaded, entries, model, extraction, top_k: int, t
     pending: list[tuple[object, PendingQuery]] = []
     skipped: list = []
 
-    def finish():
-        refiner.refine([p for _, p in pending], top_k + 1)
+    def start():
+        """The chunk so far, cropped, its verification started: (rows, skipped, handle)."""
+        chunk, lost = list(pending), list(skipped)
+        pending.clear()
+        skipped.clear()
+        return chunk, lost, refiner.start([p for _, p in chunk], top_k + 1)
+
+    def results_of(chunk, lost, verifying):
+        verifying.wait()
         results = []
-        for row, p in pending:
+        for row, p in chunk:
             p.candidates.pop(row.path, None)  # a file is never its own match (a crop may find it)
             result = QueryResult(row.path, width=row.width, height=row.height)
             for ref, c in sorted(p.candidates.items(), key=lambda t: -t[1].score):
@@ -290,35 +329,47 @@ def query_batches_with_regions(loaded, entries, model, extraction, top_k: int, t
                     continue
                 result.matches.append(Match(ref, c.score, len(result.matches) + 1, c.query_box, c.reference_box))
             results.append(result)
-        done = (results, list(skipped))
-        pending.clear()
-        skipped.clear()
-        return done
+        return results, lost
 
-    for batch in embed_entries(entries, model, extraction.batch_size, extraction.workers, extraction.max_pixels,
-                               progress=advance):
-        skipped.extend(batch.skipped)
-        if batch.rows:
-            queries = queries_of(loaded.post, batch.descriptors)
-            scores, ids = search(loaded.index, queries, (top_k + 1) * per_image, params)
-            for row, s_row, i_row in zip(batch.rows, scores, ids):
-                candidates: dict[str, Candidate] = {}
-                merge_hits(candidates, s_row, i_row, rows, allow_region_rows=use_region_rows)
-                candidates.pop(row.path, None)
-                pending.append((row, PendingQuery(row.path, candidates)))
-        if len(pending) >= settings.chunk:
-            yield finish()
-    if pending or skipped:
-        yield finish()
+    # A chunk's results are given once the next chunk is embedded and cropped: its pairs are
+    # verified meanwhile, on the cores the model leaves idle.
+    in_flight = None
+    try:
+        for batch in embed_entries(entries, model, extraction.batch_size, extraction.workers, extraction.max_pixels,
+                                   progress=advance):
+            skipped.extend(batch.skipped)
+            if batch.rows:
+                queries = queries_of(loaded.post, batch.descriptors)
+                scores, ids = search(loaded.index, queries, (top_k + 1) * per_image, params)
+                for row, s_row, i_row in zip(batch.rows, scores, ids):
+                    candidates: dict[str, Candidate] = {}
+                    merge_hits(candidates, s_row, i_row, rows, allow_region_rows=use_region_rows)
+                    candidates.pop(row.path, None)
+                    pending.append((row, PendingQuery(row.path, candidates)))
+            if len(pending) >= settings.chunk:
+                started = start()
+                if in_flight is not None:
+                    yield results_of(*in_flight)
+                in_flight = started
+        if pending or skipped:
+            started = start()
+            if in_flight is not None:
+                yield results_of(*in_flight)
+            in_flight = started
+        if in_flight is not None:
+            yield results_of(*in_flight)
+    finally:
+        refiner.close()
 
 
 def _open(path: str):
-    """The image at `path` for verification (at least FEATURE_SIDE pixels a side where it has them), or None."""
+    """The image at `path` for verification (grayscale, at least FEATURE_SIDE pixels a side where
+    it has them), or None."""
     from .decode import DecodeError, open_image, read_bytes
     from .verify import FEATURE_SIDE
 
     try:
-        img, _, _ = open_image(read_bytes(path), FEATURE_SIDE)
+        img, _, _ = open_image(read_bytes(path), FEATURE_SIDE, gray=True)
     except (DecodeError, OSError):
         return None
     return img

@@ -195,6 +195,33 @@ def test_query_regions_finds_a_paste_and_where_it_sits(tmp_path):
     assert 'class="where"' in html  # the box drawn on the query's thumbnail
 
 
+def test_query_regions_chunks_verified_beside_the_next_give_the_same_results(tmp_path):
+    # A chunk's pairs are verified on threads while the next chunk is embedded: with chunks of
+    # two queries, every query keeps its own results, in order, as with one chunk for all.
+    from copyscan.region_search import RegionSettings
+
+    refs, queries = tmp_path / "refs", tmp_path / "q"
+    rng = random.Random(5)
+    for s in range(5):
+        make_photo(refs / f"r{s}.jpg", size=(480, 360), seed=500 + s)
+    queries.mkdir()
+    for s in range(5):
+        with Image.open(refs / f"r{s}.jpg") as ref:
+            bg = Image.fromarray(photo_array((800, 600), seed=600 + s))
+            paste(ref, bg, 0.45 + 0.05 * s, rng)[0].save(queries / f"q{s}.jpg", quality=90)
+    make_photo(queries / "other.jpg", size=(640, 480), seed=700)
+    api.index_folder(refs, index_dir=tmp_path / "idx", extraction=X0)
+    outs = {}
+    for chunk in (2, 64):
+        out = tmp_path / f"out{chunk}"
+        api.query_folder(queries, index_dir=tmp_path / "idx", output=out, threshold=-1, top_k=3, extraction=X0,
+                         report=False, regions=True, region_settings=RegionSettings(chunk=chunk))
+        outs[chunk] = read_rows(out / "matches.csv")
+    assert outs[2] == outs[64]
+    found = {r["query_path"].split("/")[-1]: r for r in outs[2] if r["rank"] == "1"}
+    assert sum(found[f"q{s}.jpg"]["reference_path"].endswith(f"r{s}.jpg") for s in range(5)) >= 4
+
+
 def test_dedupe_regions_reports_the_box_and_its_area(tmp_path):
     folder = tmp_path / "photos"
     for s in range(3):
