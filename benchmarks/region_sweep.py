@@ -366,6 +366,11 @@ def main() -> None:
                 for floor in (15, 20):
                     settings.append(Setting("centre 60%", 0.55, place_from=0.45, band=band, inliers=(floor, 0.75, 0.1),
                                             embed_boxes=False, fail_penalty=pen))
+    if "anchor70" in tables:  # a model whose default threshold is 0.70 (the verified score's anchor)
+        for cut in (0.55, 0.6):
+            for band in ((0.38, 0.6), (0.35, 0.6), (0.35, 0.65), (0.33, 0.6), (0.33, 0.65), (0.3, 0.65)):
+                settings.append(Setting("centre 60%", cut, place_from=0.45, band=band, inliers=(20, 0.70, 0.1),
+                                        embed_boxes=False))
     if "cheap" in tables:  # the current shape and wider bands (run with --orb / --feature-side for cheaper features)
         for cut in (0.5, 0.55):
             for band in ((0.38, 0.6), (0.35, 0.6), (0.32, 0.6), (0.3, 0.6)):

@@ -373,7 +373,7 @@ def _grouped(loaded: LoadedIndex, store: IndexStore, table, full, rows, in_root,
         )
     ]
     if regions:
-        from .region_search import annotate_groups, place_boxes, region_collection_pairs
+        from .region_search import annotate_groups, place_boxes, region_collection_pairs, verify_uncertain
 
         item_of_row = np.full(len(in_root), -1, dtype=np.int64)
         item_of_row[rows] = np.arange(len(rows))
@@ -381,8 +381,11 @@ def _grouped(loaded: LoadedIndex, store: IndexStore, table, full, rows, in_root,
             item_of_row[i] = item_of_row[loaded.rows.global_of[loaded.paths[i]]]
         # (the region rows of another name of a grouped file stay out with that name)
         all_rows = np.nonzero(in_root & (item_of_row >= 0))[0].astype(np.int64)
-        found = region_collection_pairs(loaded, all_rows, descriptors_of(full.take(all_rows)), item_of_row, threshold)
+        all_descriptors = descriptors_of(full.take(all_rows))
+        found = region_collection_pairs(loaded, all_rows, all_descriptors, item_of_row, threshold)
         place_boxes(found, [it.path for it in items])
+        # After place_boxes: a verified pair already has its box.
+        verify_uncertain(loaded, all_rows, all_descriptors, item_of_row, found, [it.path for it in items], threshold)
         pairs = found.pairs()
     else:
         pairs = collection_pairs(loaded, rows, descriptors_of(table), threshold)

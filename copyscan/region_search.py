@@ -72,8 +72,8 @@ class RegionSettings:
     inlier_floor: int = 20
     inlier_step: float = 0.1
     # Queries refined together (crops batched): a chunk's pairs are verified while the next chunk
-    # is embedded, so smaller chunks overlap more (256 against 512: 1.92x against 1.94x plain).
-    chunk: int = 256
+    # is embedded (256 and 512 measured alike: 1.89-1.94x plain, BENCHMARKS.md "Regions").
+    chunk: int = 512
     # Score the query's whole image against the references' region rows (index --regions) too.
     # Off: on the dev benchmark they added 0.0003-0.0025 micro AP to the query crops for twice
     # the index (alone they cost 0.003; BENCHMARKS.md "Regions"). Region rows serve dedupe, where
@@ -443,6 +443,88 @@ def image_pairs(row_pairs_first: np.ndarray, row_pairs_second: np.ndarray, row_s
 
 def _box_of(rows: RowTable, row: int) -> Box:
     return tuple(float(v) for v in rows.boxes[row]) if rows.regions[row] else FULL_BOX
+
+
+def verify_uncertain(loaded, rows: np.ndarray, descriptors: np.ndarray, item_of_row: np.ndarray, found: RegionPairs,
+                     paths: list[str], threshold: float, settings: RegionSettings | None = None) -> int:
+    """Lift pairs the descriptors doubt, as `query --regions` does: each image that `found` (the
+    pairs at `threshold`) leaves ungrouped gets its best partner scoring in
+    [verify_band low, threshold) verified, and a pair whose inliers reach the floor joins `found`
+    with its verified score (anchored at the index's default threshold) and boxes. Returns how
+    many pairs were added."""
+    s = settings or RegionSettings()
+    if s.verify_band is None or not len(rows):
+        return 0
+    from .score import pairs_of
+
+    grouped = np.zeros(len(paths), dtype=bool)
+    grouped[found.first] = grouped[found.second] = True
+    # Only the ungrouped images search, top-k (not a range search down to the band's low end,
+    # which could return most of a large collection): k covers an image's own rows and more.
+    mine = rows[~grouped[item_of_row[rows]]]
+    if not len(mine):
+        return 0
+    table = loaded.rows
+    k = min(loaded.index.ntotal, 3 * table.per_image + 2)
+    position = np.full(len(item_of_row), -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    best: dict[int, tuple[float, int, int]] = {}  # ungrouped image -> its best uncertain pair
+    for start in range(0, len(mine), 4096):
+        block = mine[start:start + 4096]
+        scores, ids = search(loaded.index, pairs_of(loaded.post, descriptors[position[block]]), k)
+        for row, s_row, i_row in zip(block.tolist(), scores, ids):
+            item = int(item_of_row[row])
+            for sc, hit in zip(s_row.tolist(), i_row.tolist()):
+                if hit < 0 or sc < s.verify_band[0]:
+                    break  # best first
+                other = int(item_of_row[hit])
+                if other < 0 or other == item or (table.regions[row] and table.regions[hit]) or sc >= threshold:
+                    continue  # outside the folder, itself, region-region, or a pair found already
+                if sc > best.get(item, (-np.inf, 0, 0))[0]:
+                    best[item] = (sc, min(item, other), max(item, other))
+                break
+    work = sorted({(a, b) for _, a, b in best.values()})
+    if not work:
+        return 0
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import verify as geo
+    from .embed import default_workers
+
+    cache: OrderedDict[str, object] = OrderedDict()
+    lock = threading.Lock()
+
+    def feats(path: str):
+        with lock:
+            if path in cache:
+                return cache[path]
+        value = _features(path)
+        with lock:
+            cache[path] = value
+            if len(cache) > 512:
+                cache.popitem(last=False)
+        return value
+
+    def check(pair: tuple[int, int]):
+        fa, fb = feats(paths[pair[0]]), feats(paths[pair[1]])
+        return None if fa is None or fb is None else geo.verify(fa, fb)  # b mapped into a
+
+    with ThreadPoolExecutor(max_workers=default_workers(), thread_name_prefix="copyscan-verify") as pool:
+        checked = list(pool.map(check, work))
+    added_first, added_second, added_score = [], [], []
+    for (a, b), v in zip(work, checked):
+        lifted = None if v is None else verified_score(v.inliers, loaded.threshold, s)
+        if lifted is None or lifted < threshold:
+            continue
+        added_first.append(a)
+        added_second.append(b)
+        added_score.append(lifted)
+        found.boxes[(a, b)] = (v.query_box, v.reference_box)
+    if added_first:
+        found.first = np.concatenate([found.first, np.asarray(added_first, np.int64)])
+        found.second = np.concatenate([found.second, np.asarray(added_second, np.int64)])
+        found.score = np.concatenate([found.score, np.asarray(added_score, np.float32)])
+    return len(added_first)
 
 
 def place_boxes(pairs: RegionPairs, paths: list[str], limit: int = 100_000) -> int:

@@ -246,6 +246,41 @@ def test_dedupe_regions_reports_the_box_and_its_area(tmp_path):
     assert header[-8:] == ["box_x0", "box_y0", "box_x1", "box_y1", "keep_box_x0", "keep_box_y0", "keep_box_x1", "keep_box_y1"]
 
 
+def test_dedupe_regions_verifies_a_paste_the_descriptors_doubt(tmp_path, monkeypatch):
+    # A photo pasted small and off centre into another scores below the threshold whole and in
+    # the centred crop; dedupe --regions verifies each ungrouped image's best uncertain partner,
+    # and the inliers group it, with the box where it sits.
+    from copyscan import region_search
+
+    folder = tmp_path / "photos"
+    for s in range(4):
+        make_photo(folder / f"p{s}.jpg", size=(480, 360), seed=800 + s)
+    with Image.open(folder / "p0.jpg") as im:
+        # On a plain gradient: the synthetic photos look alike, and the paste must be what the
+        # collage has most in common with any of them.
+        ramp = np.linspace(40, 220, 800, dtype=np.float32)
+        collage = Image.fromarray(np.stack([np.tile(ramp, (600, 1)), np.tile(ramp[::-1], (600, 1)),
+                                            np.full((600, 800), 128, np.float32)], -1).astype(np.uint8))
+        collage.paste(im.resize((320, 240)), (440, 30))
+        collage.save(folder / "collage.jpg", quality=92)
+    truth = (440 / 800, 30 / 600, 760 / 800, 270 / 600)
+
+    def pasted_group(out: str):
+        s = api.dedupe(folder, output=tmp_path / out, index_dir=tmp_path / "idx", extraction=X0, regions=True)
+        return [g for g in s.groups if {m.path.rsplit("/", 1)[-1] for m in g.members} >= {"p0.jpg", "collage.jpg"}]
+
+    verify_uncertain = region_search.verify_uncertain
+    monkeypatch.setattr(region_search, "verify_uncertain", lambda *a, **k: 0)
+    assert pasted_group("without") == []  # crops alone do not find it
+    monkeypatch.setattr(region_search, "verify_uncertain", verify_uncertain)
+    groups = pasted_group("with")
+    assert len(groups) == 1
+    shot = next(m for m in groups[0].members if m.path.endswith("collage.jpg"))
+    photo = next(m for m in groups[0].members if m.path.endswith("p0.jpg"))
+    in_collage = shot.box if shot.role == "copy" else photo.keep_box
+    assert iou(in_collage, truth) >= 0.5
+
+
 def test_report_draws_boxes_only_for_partial_copies(tmp_path):
     from copyscan.report import write_query_report
 

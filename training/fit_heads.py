@@ -39,8 +39,9 @@ from copyscan.train.data import list_images, open_substituted, view_seed  # noqa
 class _Views(torch.utils.data.Dataset):
     """Photo i -> (its plain squash, VIEWS edited views): half hard framings, half plain edits."""
 
-    def __init__(self, root, paths, size, views, framings, seed):
+    def __init__(self, root, paths, size, views, framings, seed, first=0):
         self.root, self.paths, self.size, self.views, self.seed = root, paths, size, views, seed
+        self.first = first  # views first .. first + views - 1 of each photo (their seeds do not depend on VIEWS)
         self.hard = HardAugment(size, framing_weights=framings)
         self.plain = TrainAugment(size)
 
@@ -50,7 +51,7 @@ class _Views(torch.utils.data.Dataset):
     def __getitem__(self, i):
         _, img = open_substituted(self.root, self.paths, i, self.size)
         out = [np.asarray(img.convert("RGB").resize((self.size,) * 2, resample=2, reducing_gap=3.0), np.uint8)]
-        for v in range(self.views):
+        for v in range(self.first, self.first + self.views):
             s = view_seed(self.seed, i, 1000 + v, 7)
             if v % 2 == 0:
                 other = None
@@ -64,9 +65,9 @@ class _Views(torch.utils.data.Dataset):
         return np.stack(out)
 
 
-def collect(net, config, root, paths, views, framings, seed, workers) -> head_fit.Features:
+def collect(net, config, root, paths, views, framings, seed, workers, first=0) -> head_fit.Features:
     size = int(config["input_size"])
-    loader = torch.utils.data.DataLoader(_Views(root, paths, size, views, framings, seed), batch_size=16,
+    loader = torch.utils.data.DataLoader(_Views(root, paths, size, views, framings, seed, first), batch_size=16,
                                          num_workers=workers, collate_fn=lambda items: np.stack(items))
     originals, view_rows, owner = [], [], []
     began, done = time.perf_counter(), 0
@@ -110,11 +111,19 @@ def main() -> None:
 
     digest = hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest()[:16]
     cache = Path(args.out, f"features-{digest}-v{args.views}.pt")
+    # A smaller cache of the same checkpoint is grown: its views are the first ones of the larger set.
+    smaller = sorted((int(f.stem.rsplit("-v", 1)[1]), f) for f in Path(args.out).glob(f"features-{digest}-v*.pt")
+                     if int(f.stem.rsplit("-v", 1)[1]) < args.views)
     if cache.exists():
         feats = head_fit.Features.load(str(cache))
     else:
         t = time.perf_counter()
-        feats = collect(net, config, args.data_dir, paths, args.views, run["framings"], int(run["seed"]), args.workers)
+        have = smaller[-1][0] if smaller else 0
+        feats = collect(net, config, args.data_dir, paths, args.views - have, run["framings"], int(run["seed"]),
+                        args.workers, first=have)
+        if have:
+            old = head_fit.Features.load(str(smaller[-1][1]))
+            feats = head_fit.Features(old.originals, torch.cat([old.views, feats.views]), torch.cat([old.owner, feats.owner]))
         feats.save(str(cache))
         print(f"features of {len(paths)} photos x {1 + args.views} in {time.perf_counter() - t:.0f} s", flush=True)
     held_set = heldout.HeldOut.load(str(Path(args.run, "heldout.npz")))

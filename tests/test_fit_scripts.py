@@ -1,0 +1,61 @@
+"""training/fit_heads.py's views and training/fit_tail.py's split of the network (issue 17)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_photo
+
+TRAINING = Path(__file__).resolve().parents[1] / "training"
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    sys.path.insert(0, str(TRAINING))
+    try:
+        import fit_heads
+        import fit_tail
+        yield fit_heads, fit_tail
+    finally:
+        sys.path.remove(str(TRAINING))
+
+
+def test_the_tail_after_the_cached_stem_is_the_whole_network(scripts):
+    # fit_tail trains on cached inputs of the last block: stem + tail must be the net itself.
+    import timm
+
+    from copyscan.models.base import DescriptorNet
+    from copyscan.models.lite0 import ARCH
+
+    _, fit_tail = scripts
+    backbone = timm.create_model(ARCH, pretrained=False)
+    backbone.reset_classifier(0, "")
+    net = DescriptorNet(backbone, 1280, 32).eval()
+    second = torch.nn.Linear(1280, 16)
+    x = torch.randn(3, 3, 96, 96)
+    with torch.no_grad():
+        tail = fit_tail.Tail(net, {32: net.projector, 16: second}).eval()
+        out = tail(fit_tail.stem(net, x))
+        assert torch.allclose(out[32], net(x), atol=1e-5)
+        assert torch.allclose(out[16], torch.nn.functional.normalize(second(net.features(x)), dim=1), atol=1e-5)
+
+
+def test_more_views_start_with_the_views_of_fewer(scripts, tmp_path):
+    # A run with more views grows the cache of a run with fewer: view k of a photo is the same
+    # image whether it is drawn alone or after views 0..k-1.
+    fit_heads, _ = scripts
+    for i in range(3):
+        make_photo(tmp_path / f"p{i}.jpg", size=(200, 150), seed=40 + i)
+    paths = sorted(p.name for p in tmp_path.iterdir())
+    four = fit_heads._Views(str(tmp_path), paths, 64, 4, None, 7)[1]
+    first_two = fit_heads._Views(str(tmp_path), paths, 64, 2, None, 7)[1]
+    last_two = fit_heads._Views(str(tmp_path), paths, 64, 2, None, 7, first=2)[1]
+    assert four.shape == (5, 64, 64, 3)
+    assert np.array_equal(four[:3], first_two)  # the photo and views 0, 1
+    assert np.array_equal(four[3:], last_two[1:])  # views 2, 3
+    assert not np.array_equal(four[1], four[3])
