@@ -112,6 +112,22 @@ def test_jpeg_draft_mode_still_gives_requested_size(tmp_path):
     assert img.size == (800, 600)
 
 
+def test_gray_decode_for_local_features(tmp_path):
+    # Verification reads images in gray: a JPEG decoded straight to "L" (draft, EXIF orientation
+    # applied as for colour), and a PNG with alpha flattened like colour then converted.
+    path = make_photo(tmp_path / "big.jpg", size=(800, 600), seed=2)
+    gray, w, h = open_image(path.read_bytes(), SIZE, gray=True)
+    colour, _, _ = open_image(path.read_bytes(), SIZE)
+    assert gray.mode == "L" and (w, h) == (800, 600) and gray.size == colour.size
+    assert np.abs(np.asarray(gray, np.int16) - np.asarray(colour.convert("L"), np.int16)).mean() < 3
+    turned, w, h = open_image(_two_halves(tmp_path / "rot.jpg", 6).read_bytes(), 16, gray=True)
+    assert turned.mode == "L" and (w, h) == (20, 40) and turned.size[0] < turned.size[1]
+    rgba = Image.new("RGBA", (40, 30), (0, 0, 0, 0))
+    rgba.save(tmp_path / "clear.png")
+    flat, _, _ = open_image((tmp_path / "clear.png").read_bytes(), 16, gray=True)
+    assert flat.mode == "L" and int(np.asarray(flat).min()) == 255  # transparency onto white
+
+
 # --- modes and formats -----------------------------------------------------------------
 
 
