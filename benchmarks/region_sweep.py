@@ -17,7 +17,8 @@ rule), inliers and budget (verified pairs scored by their inliers, on more or fe
 (the chosen shape around its defaults), discount (a crop's score counted less), precision (copies
 among verified pairs by inliers, and among pairs by cosine), shift (every band and the anchor
 moved together, for a model on another cosine scale), anchor (only the verified score's anchor
-moved), lower (wider bands with fewer crops), cheap (the current shape and two wider bands, for
+moved), lower (wider bands with fewer crops), revert (a crop win that fails verification taken back),
+penalty (a failed verification lowers the score), anchor70, cheap (the current shape and wider bands, for
 --orb and --feature-side: cheaper local features).
 """
 
@@ -67,6 +68,7 @@ class Setting:
     embed_boxes: bool = True  # the verified boxes re-embedded and scored (2 model calls a pair)
     crop_discount: float = 0.0  # a crop's score counts this much less than a whole image's
     fail_penalty: float = 0.0  # a verified pair whose inliers stay below the floor loses this much
+    revert_crops: bool = False  # a crop-won best match that fails verification falls back to its whole-image score
 
 
 def _rgb(path: str):
@@ -220,6 +222,7 @@ def main() -> None:
             ls, li = crop_hits(st.low_crops)
         for q in range(len(qp)):
             cand = {int(r): (float(s), "global") for s, r in zip(gs[q], gi[q])}
+            whole = {r: v[0] for r, v in cand.items()}
             best = float(gs[q, 0])
             if cs is not None and best < st.cut:
                 calls += len(CROP_SETS[st.crops])
@@ -240,8 +243,11 @@ def main() -> None:
                     continue
                 verified += 1
                 v = verifier.get(qp[q], rp[r], qd[q], rd[r])
-                if st.fail_penalty and (v is None or st.inliers is None or v[0] < st.inliers[0]):
+                failed = v is None or st.inliers is None or v[0] < st.inliers[0]
+                if st.fail_penalty and failed:
                     cand[r] = (s - st.fail_penalty, how)
+                if st.revert_crops and failed and how == "region":
+                    cand[r] = (whole.get(r, -9.0), "global")
                 if v is None:
                     continue
                 new = s
@@ -281,6 +287,8 @@ def main() -> None:
             band += f"; crops - {st.crop_discount:.2f}"
         if st.fail_penalty:
             band += f"; unverified - {st.fail_penalty:.2f}"
+        if st.revert_crops:
+            band += "; unverified crop wins reverted"
         low = "" if not st.low_crops else f"{st.low_crops} below {st.low_cut:.2f}"
         place = "-" if st.place_from > 1 else f"{st.place_from:.2f}"
         print(f"| {st.crops} | {st.cut:.2f} | {place} | {band} | {low} | {calls:.2f} | {ver:.2f} | {score(best)} |",
@@ -366,6 +374,12 @@ def main() -> None:
                 for floor in (15, 20):
                     settings.append(Setting("centre 60%", 0.55, place_from=0.45, band=band, inliers=(floor, 0.75, 0.1),
                                             embed_boxes=False, fail_penalty=pen))
+    if "revert" in tables:  # a crop-won best match that fails verification loses the crop's lift
+        for cut in (0.55, 0.65, 0.75, 1.0):
+            for place in (0.45, 0.35):
+                for band in ((0.38, 0.6), (0.35, 0.6)):
+                    settings.append(Setting("centre 60%", cut, place_from=place, band=band, inliers=(20, 0.70, 0.1),
+                                            embed_boxes=False, revert_crops=True))
     if "anchor70" in tables:  # a model whose default threshold is 0.70 (the verified score's anchor)
         for cut in (0.55, 0.6):
             for band in ((0.38, 0.6), (0.35, 0.6), (0.35, 0.65), (0.33, 0.6), (0.33, 0.65), (0.3, 0.65)):
