@@ -325,7 +325,8 @@ def dedupe(
         one_name, aliases = collapse_same_files([paths[i] for i in candidates], [hashes[i] for i in candidates])
         rows = np.asarray([candidates[k] for k in one_name], dtype=np.int64)
         table = full.take(rows)
-        groups, images = _grouped(loaded, store, table, full, rows, in_root, whole, threshold, keep, protect_dirs, regions)
+        groups, images = _grouped(loaded, store, table, full, rows, in_root, whole, threshold, keep, protect_dirs, regions,
+                                  progress=extraction.progress)
     mark_protected(groups, protect_dirs)
     attach_aliases(groups, aliases)
     out = Path(output)
@@ -353,7 +354,7 @@ def dedupe(
 
 
 def _grouped(loaded: LoadedIndex, store: IndexStore, table, full, rows, in_root, whole, threshold: float, keep: str,
-             protect_dirs: list[str], regions: bool) -> tuple[list, int]:
+             protect_dirs: list[str], regions: bool, progress: bool = False) -> tuple[list, int]:
     """dedupe's in-memory path: pairs from the loaded FAISS index (and region pairs with
     `regions`), groups with the `keep` chooser and the remembered rejections; (groups, images)."""
     import numpy as np
@@ -385,7 +386,8 @@ def _grouped(loaded: LoadedIndex, store: IndexStore, table, full, rows, in_root,
         found = region_collection_pairs(loaded, all_rows, all_descriptors, item_of_row, threshold)
         place_boxes(found, [it.path for it in items])
         # After place_boxes: a verified pair already has its box.
-        verify_uncertain(loaded, all_rows, all_descriptors, item_of_row, found, [it.path for it in items], threshold)
+        verify_uncertain(loaded, all_rows, all_descriptors, item_of_row, found, [it.path for it in items], threshold,
+                         progress=progress)
         pairs = found.pairs()
     else:
         pairs = collection_pairs(loaded, rows, descriptors_of(table), threshold)

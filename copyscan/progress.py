@@ -18,7 +18,7 @@ class _NoBar:
 
 
 class _RichBar:
-    def __init__(self, total: int, label: str):
+    def __init__(self, total: int, label: str, unit: str = "img"):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.progress = Progress(
@@ -27,6 +27,7 @@ class _RichBar:
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False,
         )
         self.task = self.progress.add_task(label, total=total, rate="")
+        self.unit = unit
         self.start = time.perf_counter()
         self.done = 0
 
@@ -40,12 +41,12 @@ class _RichBar:
     def advance(self, n: int) -> None:
         self.done += n
         rate = self.done / max(1e-9, time.perf_counter() - self.start)
-        self.progress.update(self.task, advance=n, rate=f"{rate:6.1f} img/s")
+        self.progress.update(self.task, advance=n, rate=f"{rate:6.1f} {self.unit}/s")
 
 
-def progress_bar(enabled: bool, total: int, label: str):
+def progress_bar(enabled: bool, total: int, label: str, unit: str = "img"):
     """A context manager with `.advance(n)`: a bar when `enabled` and there is work, else a no-op."""
-    return _RichBar(total, label) if enabled and total else _NoBar()
+    return _RichBar(total, label, unit) if enabled and total else _NoBar()
 
 
 class Throughput:

@@ -446,7 +446,8 @@ def _box_of(rows: RowTable, row: int) -> Box:
 
 
 def verify_uncertain(loaded, rows: np.ndarray, descriptors: np.ndarray, item_of_row: np.ndarray, found: RegionPairs,
-                     paths: list[str], threshold: float, settings: RegionSettings | None = None) -> int:
+                     paths: list[str], threshold: float, settings: RegionSettings | None = None,
+                     progress: bool = False) -> int:
     """Lift pairs the descriptors doubt, as `query --regions` does: each image that `found` (the
     pairs at `threshold`) leaves ungrouped gets its best partner scoring in
     [verify_band low, threshold) verified, and a pair whose inliers reach the floor joins `found`
@@ -509,8 +510,14 @@ def verify_uncertain(loaded, rows: np.ndarray, descriptors: np.ndarray, item_of_
         fa, fb = feats(paths[pair[0]]), feats(paths[pair[1]])
         return None if fa is None or fb is None else geo.verify(fa, fb)  # b mapped into a
 
-    with ThreadPoolExecutor(max_workers=default_workers(), thread_name_prefix="copyscan-verify") as pool:
-        checked = list(pool.map(check, work))
+    from .progress import progress_bar
+
+    checked = []
+    with ThreadPoolExecutor(max_workers=default_workers(), thread_name_prefix="copyscan-verify") as pool, \
+            progress_bar(progress, len(work), "verifying uncertain pairs", "pairs") as bar:
+        for v in pool.map(check, work):
+            checked.append(v)
+            bar.advance(1)
     added_first, added_second, added_score = [], [], []
     for (a, b), v in zip(work, checked):
         lifted = None if v is None else verified_score(v.inliers, loaded.threshold, s)
