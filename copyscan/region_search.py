@@ -158,8 +158,7 @@ class Refiner:
         self.max_pixels = max_pixels
         self.k = 0
         self.stats = {"queries": 0, "cropped": 0, "crops": 0, "verified_pairs": 0, "verified": 0, "lifted": 0}
-        self._ref_features: OrderedDict[str, object] = OrderedDict()
-        self._lock = threading.Lock()
+        self._references = FeatureCache(256)  # references shared by queries of a chunk, bounded
         self._pool = None  # verification threads, started with the first pair
 
     # ---- query crops ---------------------------------------------------------------------------
@@ -235,12 +234,7 @@ class Refiner:
         if not work:
             return Verifying(self, [], [])
         if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            from .embed import default_workers
-
-            # OpenCV and Pillow release the GIL: pairs are verified on a thread per core.
-            self._pool = ThreadPoolExecutor(max_workers=default_workers(), thread_name_prefix="copyscan-verify")
+            self._pool = _verify_pool()
         return Verifying(self, work, [self._pool.submit(self._verify_pair, q.path, ref) for q, ref, _ in work])
 
     def _apply(self, work: list[tuple[PendingQuery, str, Candidate]], found: list) -> None:
@@ -260,22 +254,10 @@ class Refiner:
         """(1 if both images were readable else 0, the verification or None); runs in a thread."""
         from . import verify as geo
 
-        q, r = _features(query), self._reference(reference)
+        q, r = _features(query), self._references.get(reference)
         if q is None or r is None:
             return 0, None
         return 1, geo.verify(q, r)
-
-    def _reference(self, path: str):
-        with self._lock:
-            if path in self._ref_features:
-                self._ref_features.move_to_end(path)
-                return self._ref_features[path]
-        value = _features(path)  # outside the lock: two threads may compute one reference twice
-        with self._lock:
-            self._ref_features[path] = value
-            if len(self._ref_features) > 256:  # references shared by queries of a chunk, bounded
-                self._ref_features.popitem(last=False)
-        return value
 
 
 class Verifying:
@@ -334,6 +316,15 @@ def query_batches_with_regions(loaded, entries, model, extraction, top_k: int, t
     # A chunk's results are given once the next chunk is embedded and cropped: its pairs are
     # verified meanwhile, on the cores the model leaves idle.
     in_flight = None
+
+    def hand_over():
+        """Start the chunk so far; give the results of the one started before it."""
+        nonlocal in_flight
+        started = start()
+        if in_flight is not None:
+            yield results_of(*in_flight)
+        in_flight = started
+
     try:
         for batch in embed_entries(entries, model, extraction.batch_size, extraction.workers, extraction.max_pixels,
                                    progress=advance):
@@ -347,15 +338,9 @@ def query_batches_with_regions(loaded, entries, model, extraction, top_k: int, t
                     candidates.pop(row.path, None)
                     pending.append((row, PendingQuery(row.path, candidates)))
             if len(pending) >= settings.chunk:
-                started = start()
-                if in_flight is not None:
-                    yield results_of(*in_flight)
-                in_flight = started
+                yield from hand_over()
         if pending or skipped:
-            started = start()
-            if in_flight is not None:
-                yield results_of(*in_flight)
-            in_flight = started
+            yield from hand_over()
         if in_flight is not None:
             yield results_of(*in_flight)
     finally:
@@ -381,6 +366,38 @@ def _features(path: str):
 
     img = _open(path)
     return None if img is None else features_of(img)
+
+
+class FeatureCache:
+    """`_features` by path, computed once while the path stays among the `limit` most recently
+    used (None: every one kept). Shared by the verification threads: two of them may compute one
+    path at the same time (outside the lock; the result is the same)."""
+
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self._items: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: str):
+        with self._lock:
+            if path in self._items:
+                self._items.move_to_end(path)
+                return self._items[path]
+        value = _features(path)
+        with self._lock:
+            self._items[path] = value
+            if self.limit is not None and len(self._items) > self.limit:
+                self._items.popitem(last=False)
+        return value
+
+
+def _verify_pool():
+    """Threads for verification: OpenCV and Pillow release the GIL, so a thread per core."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .embed import default_workers
+
+    return ThreadPoolExecutor(max_workers=default_workers(), thread_name_prefix="copyscan-verify")
 
 
 # ---- dedupe ------------------------------------------------------------------------------------
@@ -487,34 +504,17 @@ def verify_uncertain(loaded, rows: np.ndarray, descriptors: np.ndarray, item_of_
     work = sorted({(a, b) for _, a, b in best.values()})
     if not work:
         return 0
-    from concurrent.futures import ThreadPoolExecutor
-
     from . import verify as geo
-    from .embed import default_workers
-
-    cache: OrderedDict[str, object] = OrderedDict()
-    lock = threading.Lock()
-
-    def feats(path: str):
-        with lock:
-            if path in cache:
-                return cache[path]
-        value = _features(path)
-        with lock:
-            cache[path] = value
-            if len(cache) > 512:
-                cache.popitem(last=False)
-        return value
-
-    def check(pair: tuple[int, int]):
-        fa, fb = feats(paths[pair[0]]), feats(paths[pair[1]])
-        return None if fa is None or fb is None else geo.verify(fa, fb)  # b mapped into a
-
     from .progress import progress_bar
 
+    features = FeatureCache(512)
+
+    def check(pair: tuple[int, int]):
+        fa, fb = features.get(paths[pair[0]]), features.get(paths[pair[1]])
+        return None if fa is None or fb is None else geo.verify(fa, fb)  # b mapped into a
+
     checked = []
-    with ThreadPoolExecutor(max_workers=default_workers(), thread_name_prefix="copyscan-verify") as pool, \
-            progress_bar(progress, len(work), "verifying uncertain pairs", "pairs") as bar:
+    with _verify_pool() as pool, progress_bar(progress, len(work), "verifying uncertain pairs", "pairs") as bar:
         for v in pool.map(check, work):
             checked.append(v)
             bar.advance(1)
@@ -539,18 +539,11 @@ def place_boxes(pairs: RegionPairs, paths: list[str], limit: int = 100_000) -> i
     were verified. Only region-won pairs (a crop box at best) are tried, at most `limit`."""
     from . import verify as geo
 
-    cache: OrderedDict[str, object] = OrderedDict()
-
-    def feats(path: str):
-        if path not in cache:
-            cache[path] = _features(path)
-            if len(cache) > 256:
-                cache.popitem(last=False)
-        return cache[path]
+    features = FeatureCache(256)
 
     placed = 0
     for (i, j) in list(pairs.boxes)[:limit]:
-        fi, fj = feats(paths[i]), feats(paths[j])
+        fi, fj = features.get(paths[i]), features.get(paths[j])
         if fi is None or fj is None:
             continue
         v = geo.verify(fi, fj)  # j mapped into i: i's box shows j's box
@@ -624,12 +617,7 @@ def best_with_regions(sims: np.ndarray, paths: list[str], references: np.ndarray
     from . import verify as geo
 
     anchor = DEFAULT_THRESHOLD if anchor is None else anchor
-    features: dict[str, object] = {}
-
-    def feats(path: str):
-        if path not in features:
-            features[path] = _features(path)
-        return features[path]
+    features = FeatureCache(None)  # calibrate's sample: every image kept
 
     for i, j in enumerate(sims.argmax(axis=1).tolist()):
         best = float(sims[i, j])
@@ -637,7 +625,7 @@ def best_with_regions(sims: np.ndarray, paths: list[str], references: np.ndarray
         coarse = best > before[i, j] and best >= s.place_from
         if not (uncertain or coarse):
             continue
-        q, r = feats(paths[i]), feats(reference_paths[j])
+        q, r = features.get(paths[i]), features.get(reference_paths[j])
         v = None if q is None or r is None else geo.verify(q, r)
         score = None if v is None else verified_score(v.inliers, anchor, s)
         if score is not None:

@@ -43,6 +43,9 @@ def test_the_tail_after_the_cached_stem_is_the_whole_network(scripts):
         out = tail(fit_tail.stem(net, x))
         assert torch.allclose(out[32], net(x), atol=1e-5)
         assert torch.allclose(out[16], torch.nn.functional.normalize(second(net.features(x)), dim=1), atol=1e-5)
+    tail.train()  # trains with the BatchNorms' statistics frozen
+    norms = [m for m in tail.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms) and tail.heads.training
 
 
 def test_more_views_start_with_the_views_of_fewer(scripts, tmp_path):

@@ -29,6 +29,7 @@ import math
 import random
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +49,6 @@ from copyscan.train.data import list_images  # noqa: E402
 from copyscan.train.losses import relational_kl  # noqa: E402
 
 
-def _normalised(pixels: torch.Tensor, mean, std) -> torch.Tensor:
-    m = torch.tensor(mean).view(1, 3, 1, 1) * 255.0
-    s = torch.tensor(std).view(1, 3, 1, 1) * 255.0
-    return (pixels.permute(0, 3, 1, 2).float() - m) / s
-
-
 def stem(net, x: torch.Tensor) -> torch.Tensor:
     """The trunk up to (not including) its last block: the cached input of the tail."""
     bb = net.backbone
@@ -68,6 +63,14 @@ class Tail(nn.Module):
         bb = net.backbone
         self.block, self.conv_head, self.bn2, self.pool = bb.blocks[-1], bb.conv_head, bb.bn2, net.pool
         self.heads = nn.ModuleDict({str(d): h for d, h in heads.items()})
+
+    def train(self, mode: bool = True) -> "Tail":
+        """Training mode with the BatchNorms' statistics frozen (they keep the trunk's running means)."""
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
 
     def forward(self, maps: torch.Tensor) -> dict[int, torch.Tensor]:
         f = self.pool(self.bn2(self.conv_head(self.block(maps))))
@@ -84,7 +87,8 @@ def cache_maps(net, config, root, paths, views, framings, seed, workers, out: Pa
     began, done = time.perf_counter(), 0
     for batch in loader:  # (B, 1 + views, S, S, 3)
         b = batch.shape[0]
-        m = stem(net, _normalised(torch.from_numpy(batch.reshape(-1, size, size, 3)), config["mean"], config["std"]))
+        m = heldout.run_eval(net, batch.reshape(-1, size, size, 3), config["mean"], config["std"], len(batch) * (1 + views),
+                             fn=partial(stem, net))
         m = m.half().view(b, 1 + views, *m.shape[1:])
         originals.append(m[:, 0].clone())
         view_maps.append(m[:, 1:].reshape(b * views, *m.shape[2:]).clone())
@@ -162,11 +166,8 @@ def main() -> None:
                            args.workers, cache_file)
         print(f"maps of {len(paths)} photos x {1 + args.views} in {time.perf_counter() - t:.0f} s", flush=True)
     held_set = heldout.HeldOut.load(str(Path(args.run, "heldout.npz")))
-    with torch.no_grad():
-        held_maps = {k: torch.cat([stem(net, _normalised(torch.from_numpy(getattr(held_set, k)[i:i + 64]), config["mean"],
-                                                          config["std"])).half()
-                                   for i in range(0, len(getattr(held_set, k)), 64)])
-                     for k in ("refs", "hard", "plain")}
+    held_maps = {k: heldout.run_eval(net, getattr(held_set, k), config["mean"], config["std"], fn=partial(stem, net)).half()
+                 for k in ("refs", "hard", "plain")}
 
     dims = [int(d) for d in args.dims.split(",")]
     heads = {}
@@ -175,10 +176,6 @@ def main() -> None:
         heads[d] = copy.deepcopy(fitted.projector)
     tail = Tail(net, heads)
     tail.train()
-    tail.bn2.eval()  # frozen statistics: the BatchNorms keep the trunk's running means
-    for m in tail.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.eval()
     opt = torch.optim.AdamW([
         {"params": [p for n, p in tail.named_parameters() if not n.startswith("heads.")], "lr": args.lr_tail},
         {"params": list(tail.heads.parameters()), "lr": args.lr_heads},
@@ -195,9 +192,6 @@ def main() -> None:
         tail.eval()
         result = held_score(tail, held_maps, held_set)
         tail.train()
-        for mod in tail.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.eval()
         log.write(json.dumps({"step": step, **{str(k): v for k, v in result.items()}}) + "\n")
         log.flush()
         print(f"step {step}/{total}: " + ", ".join(f"{d}-d hard {result[d]['hard']:.4f} plain {result[d]['plain']:.4f}"
@@ -214,9 +208,6 @@ def main() -> None:
             tail.eval()
             bank = run_tail(tail, originals)
             tail.train()
-            for mod in tail.modules():
-                if isinstance(mod, nn.BatchNorm2d):
-                    mod.eval()
         if len(order) < args.batch:
             more = list(range(m))
             rng.shuffle(more)
