@@ -1,7 +1,7 @@
 """Pair precision and recall of `copyscan dedupe` on a `bench synth` benchmark's references and
 queries put in one folder (the model card's dedupe check of the default threshold).
 
-    python benchmarks/dedupe_bench.py bench/disc-mini --thresholds 0.6,0.65,0.7,0.75 [--model NAME] [--work DIR] [--regions]
+    python benchmarks/dedupe_bench.py bench/disc-mini --thresholds 0.6,0.65,0.7,0.75 [--model NAME] [--work DIR] [--regions] [--no-verify]
 
 The folder holds links to every reference and query. A true pair is a copy and its reference
 (gt.csv); a predicted pair is two images in one dedupe group (groups are transitive). The index
@@ -57,7 +57,8 @@ def main() -> None:
     ap.add_argument("--thresholds", default="0.6,0.65,0.7,0.75")
     ap.add_argument("--model", default=None, help="default: copyscan's default model")
     ap.add_argument("--work", type=Path, default=Path("/tmp/copyscan-dedupe-bench"))
-    ap.add_argument("--regions", action="store_true", help="dedupe --regions (region rows, uncertain pairs verified)")
+    ap.add_argument("--regions", action="store_true", help="dedupe --regions (region rows, crops)")
+    ap.add_argument("--no-verify", action="store_true", help="dedupe --no-verify (uncertain pairs not verified)")
     args = ap.parse_args()
     work = args.work
     folder = link_folder(args.bench, work)
@@ -66,17 +67,17 @@ def main() -> None:
     if index.exists():
         shutil.rmtree(index)
     model = args.model or copyscan.DEFAULT_MODEL
-    print("| model | regions | threshold | pair precision | pair recall | predicted pairs | seconds |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | regions | verify | threshold | pair precision | pair recall | predicted pairs | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
     for t in [float(x) for x in args.thresholds.split(",")]:
         t0 = time.perf_counter()
         result = copyscan.dedupe(folder, output=work / f"out-{t}", threshold=t, index_dir=index, model=model, report=False,
-                                 regions=args.regions)
+                                 regions=args.regions, verify=not args.no_verify)
         s = score(result.groups, truth)
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        print(f"| {model} | {'yes' if args.regions else 'no'} | {t} | {fmt(s['pair_precision'])} | {fmt(s['pair_recall'])} | {s['predicted_pairs']} | "
+        print(f"| {model} | {'yes' if args.regions else 'no'} | {'no' if args.no_verify else 'yes'} | {t} | {fmt(s['pair_precision'])} | {fmt(s['pair_recall'])} | {s['predicted_pairs']} | "
               f"{time.perf_counter() - t0:.0f} |", flush=True)
-        print(json.dumps({"model": model, "regions": args.regions, "threshold": t, **s}), file=sys.stderr, flush=True)
+        print(json.dumps({"model": model, "regions": args.regions, "verify": not args.no_verify, "threshold": t, **s}), file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

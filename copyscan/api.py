@@ -251,6 +251,7 @@ def dedupe(
     keep: str = "original",
     protect: list[str | os.PathLike] | None = None,
     regions: bool = False,
+    verify: bool = True,
     engine: str = "local",
     ray_address: str | None = None,
     memory_budget: int | str | None = None,
@@ -263,11 +264,14 @@ def dedupe(
     files under a `protect` folder are kept and never marked copies. Pairs rejected in an earlier
     review of this folder are not proposed again (copyscan.review_memory). `regions` indexes
     region rows too and pairs an image's regions with the other whole images (a photo inside a
-    screenshot); each copy gets the box where it sits (copyscan.region_search). With `engine`
+    screenshot); each copy gets the box where it sits (copyscan.region_search). `verify` (on by
+    default) checks each ungrouped image's best partner scoring just below the threshold with
+    local features (copyscan.verify), and groups the pair when its geometry agrees: copies the
+    descriptor doubts (a crop, a paste, a screenshot) join their group with their box. With `engine`
     "ray", a `memory_budget`, or a very large folder, the pairs are searched in slices against an
     index of the folder sized by the budget, the pairs on disk (copyscan.dedupe_scale); that path
     keeps the image of highest resolution (no `keep` rule, no remembered rejections) and takes
-    no `regions`.
+    no `regions` and no `verify`.
     """
     import numpy as np
 
@@ -326,7 +330,7 @@ def dedupe(
         rows = np.asarray([candidates[k] for k in one_name], dtype=np.int64)
         table = full.take(rows)
         groups, images = _grouped(loaded, store, table, full, rows, in_root, whole, threshold, keep, protect_dirs, regions,
-                                  progress=extraction.progress)
+                                  verify, progress=extraction.progress)
     mark_protected(groups, protect_dirs)
     attach_aliases(groups, aliases)
     out = Path(output)
@@ -354,9 +358,10 @@ def dedupe(
 
 
 def _grouped(loaded: LoadedIndex, store: IndexStore, table, full, rows, in_root, whole, threshold: float, keep: str,
-             protect_dirs: list[str], regions: bool, progress: bool = False) -> tuple[list, int]:
+             protect_dirs: list[str], regions: bool, verify: bool, progress: bool = False) -> tuple[list, int]:
     """dedupe's in-memory path: pairs from the loaded FAISS index (and region pairs with
-    `regions`), groups with the `keep` chooser and the remembered rejections; (groups, images)."""
+    `regions`, verified uncertain pairs with `verify`), groups with the `keep` chooser and the
+    remembered rejections; (groups, images)."""
     import numpy as np
 
     from .group import Item, build_groups
@@ -373,35 +378,39 @@ def _grouped(loaded: LoadedIndex, store: IndexStore, table, full, rows, in_root,
             table.column("mtime_ns").to_pylist(),
         )
     ]
-    if regions:
+    boxed = regions or verify  # pairs that may carry the box of the copy on each side
+    if boxed:
         from .region_search import annotate_groups, place_boxes, region_collection_pairs, verify_uncertain
 
         item_of_row = np.full(len(in_root), -1, dtype=np.int64)
         item_of_row[rows] = np.arange(len(rows))
-        for i in np.nonzero(in_root & ~whole)[0]:  # region rows belong to their image's item
-            item_of_row[i] = item_of_row[loaded.rows.global_of[loaded.paths[i]]]
-        # (the region rows of another name of a grouped file stay out with that name)
+        if regions:
+            for i in np.nonzero(in_root & ~whole)[0]:  # region rows belong to their image's item
+                item_of_row[i] = item_of_row[loaded.rows.global_of[loaded.paths[i]]]
+        # (the region rows of another name of a grouped file stay out with that name; without
+        # `regions`, region rows an earlier `--regions` run stored stay out too)
         all_rows = np.nonzero(in_root & (item_of_row >= 0))[0].astype(np.int64)
         all_descriptors = descriptors_of(full.take(all_rows))
         found = region_collection_pairs(loaded, all_rows, all_descriptors, item_of_row, threshold)
-        place_boxes(found, [it.path for it in items])
-        # After place_boxes: a verified pair already has its box.
-        verify_uncertain(loaded, all_rows, all_descriptors, item_of_row, found, [it.path for it in items], threshold,
-                         progress=progress)
+        if regions:
+            place_boxes(found, [it.path for it in items])
+        if verify:  # after place_boxes: a verified pair already has its box
+            verify_uncertain(loaded, all_rows, all_descriptors, item_of_row, found, [it.path for it in items], threshold,
+                             progress=progress)
         pairs = found.pairs()
     else:
         pairs = collection_pairs(loaded, rows, descriptors_of(table), threshold)
     items = refine_pixel_hashes(items, zip(pairs.first.tolist(), pairs.second.tolist()))
     memory = load_memory(store.folder)
     facts_fn = facts_of
-    if regions:  # a photo filling 30% of a screenshot holds 30% of its pixels of detail
+    if boxed:  # a photo filling 30% of a screenshot holds 30% of its pixels of detail
         from .region_search import content_boxes
 
         boxes = content_boxes(found, [it.path for it in items])
         facts_fn = lambda path: facts_of(path, within=boxes.get(path))  # noqa: E731
     groups = build_groups(items, pairs, choose=make_chooser(keep, protect_dirs, memory.preferred, facts_fn=facts_fn),
                           rejected=memory.rejected)
-    if regions:
+    if boxed:
         annotate_groups(groups, found, {it.path: i for i, it in enumerate(items)})
     return groups, len(items)
 

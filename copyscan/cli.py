@@ -237,6 +237,7 @@ def dedupe(
     keep: KeepRule = typer.Option("original", "--keep", help="Which image of a group to keep: original (the likely original: most detail of the shared content, fewest signs of editing), resolution, oldest, newest, largest, smallest."),
     protect: Optional[list[Path]] = typer.Option(None, "--protect", help="A folder whose files are always kept and never touched; repeatable \\[default: none].", show_default=False),
     regions: bool = RegionsOpt,
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check each ungrouped image's best partner scoring just below the threshold with local features, and group the pair when its geometry agrees (finds crops, pastes and screenshots the descriptor doubts; about 1-3 ms a pair on top of indexing). Not done with --engine ray or --memory-budget."),
     engine: str = EngineOpt,
     ray_address: Optional[str] = RayAddressOpt,
     memory_budget: Optional[str] = BudgetOpt,
@@ -256,7 +257,7 @@ def dedupe(
 
     s = _run(run_dedupe, folder, output=output, threshold=threshold, index_dir=index_dir, model=model,
              extraction=_extraction(batch_size, workers, device, quiet), post=_post(background, whiten, score_norm, whiten_dim, beta),
-             keep=keep.value, protect=protect, regions=regions, engine=engine, ray_address=ray_address,
+             keep=keep.value, protect=protect, regions=regions, verify=verify, engine=engine, ray_address=ray_address,
              memory_budget=memory_budget)
     _print_index_summary(s.index)
     out.print(

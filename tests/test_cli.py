@@ -324,6 +324,9 @@ def test_dedupe_groups_exact_and_near_copies_and_leaves_folder_alone(cwd, calibr
     assert summary_counts(r2.stdout)["embedded"] == 0
     assert _groups(cwd)[1] == rows
     assert snapshot(cwd / "photos") == before
+    # --no-verify: the descriptors' pairs only (these edits all score above the threshold whole).
+    cli("dedupe", "./photos", "--threshold", "0.75", "--no-verify", "-j", "0", "-q")
+    assert _groups(cwd)[1] == rows
 
 
 def test_score_is_the_same_in_query_and_dedupe(cwd, calibrated_model):

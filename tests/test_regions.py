@@ -246,12 +246,12 @@ def test_dedupe_regions_reports_the_box_and_its_area(tmp_path):
     assert header[-8:] == ["box_x0", "box_y0", "box_x1", "box_y1", "keep_box_x0", "keep_box_y0", "keep_box_x1", "keep_box_y1"]
 
 
-def test_dedupe_regions_verifies_a_paste_the_descriptors_doubt(tmp_path, monkeypatch):
+@pytest.mark.parametrize("regions", [True, False])
+def test_dedupe_verifies_a_paste_the_descriptors_doubt(tmp_path, regions):
     # A photo pasted small and off centre into another scores below the threshold whole and in
-    # the centred crop; dedupe --regions verifies each ungrouped image's best uncertain partner,
-    # and the inliers group it, with the box where it sits.
-    from copyscan import region_search
-
+    # the centred crop; dedupe (plain by default, and with --regions) verifies each ungrouped
+    # image's best uncertain partner, and the inliers group it, with the box where it sits.
+    # --no-verify (verify=False) leaves it out: neither the whole image nor the crops find it.
     folder = tmp_path / "photos"
     for s in range(4):
         make_photo(folder / f"p{s}.jpg", size=(480, 360), seed=800 + s)
@@ -265,14 +265,11 @@ def test_dedupe_regions_verifies_a_paste_the_descriptors_doubt(tmp_path, monkeyp
         collage.save(folder / "collage.jpg", quality=92)
     truth = (440 / 800, 30 / 600, 760 / 800, 270 / 600)
 
-    def pasted_group(out: str):
-        s = api.dedupe(folder, output=tmp_path / out, index_dir=tmp_path / "idx", extraction=X0, regions=True)
+    def pasted_group(out: str, **kw):
+        s = api.dedupe(folder, output=tmp_path / out, index_dir=tmp_path / "idx", extraction=X0, regions=regions, **kw)
         return [g for g in s.groups if {m.path.rsplit("/", 1)[-1] for m in g.members} >= {"p0.jpg", "collage.jpg"}]
 
-    verify_uncertain = region_search.verify_uncertain
-    monkeypatch.setattr(region_search, "verify_uncertain", lambda *a, **k: 0)
-    assert pasted_group("without") == []  # crops alone do not find it
-    monkeypatch.setattr(region_search, "verify_uncertain", verify_uncertain)
+    assert pasted_group("without", verify=False) == []
     groups = pasted_group("with")
     assert len(groups) == 1
     shot = next(m for m in groups[0].members if m.path.endswith("collage.jpg"))
