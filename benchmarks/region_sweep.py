@@ -391,6 +391,11 @@ def main() -> None:
                 for floor in (15, 20):
                     settings.append(Setting("centre 60%", cut, place_from=0.45, band=band, inliers=(floor, 0.75, 0.1),
                                             embed_boxes=False))
+    if "top2" in tables:  # the two best matches in the band verified, not only the best
+        for band in ((0.38, 0.6), (0.4, 0.6), (0.42, 0.6), (0.35, 0.6)):
+            for top in (1, 2):
+                settings.append(Setting("centre 60%", 0.55, place_from=0.45, band=band, verify_top=top,
+                                        inliers=(20, 0.70, 0.1), embed_boxes=False))
     for s in settings:
         row(s)
 

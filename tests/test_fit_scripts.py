@@ -1,4 +1,5 @@
-"""training/fit_heads.py's views and training/fit_tail.py's split of the network (issue 17)."""
+"""training/fit_heads.py's views, training/fit_tail.py's split of the network and
+training/average_checkpoints.py's mean of weights (issue 17)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,30 @@ def test_more_views_start_with_the_views_of_fewer(scripts, tmp_path):
     assert np.array_equal(four[:3], first_two)  # the photo and views 0, 1
     assert np.array_equal(four[3:], last_two[1:])  # views 2, 3
     assert not np.array_equal(four[1], four[3])
+
+
+def test_average_of_checkpoints_is_the_mean_of_their_weights(tmp_path, tiny_model_path):
+    sys.path.insert(0, str(TRAINING))
+    try:
+        import average_checkpoints
+    finally:
+        sys.path.remove(str(TRAINING))
+    from copyscan.models.checkpoint import load_checkpoint, read_config, save_checkpoint
+
+    base = load_checkpoint(tiny_model_path, "cpu").net.float()
+    paths = []
+    for i, shift in enumerate((0.0, 0.3, 0.9)):
+        net = load_checkpoint(tiny_model_path, "cpu").net.float()
+        with torch.no_grad():
+            net.projector.weight.add_(shift)
+        paths.append(str(tmp_path / f"c{i}.safetensors"))
+        save_checkpoint(net, read_config(tiny_model_path), paths[-1])
+    mean, config = average_checkpoints.average(paths)
+    assert torch.allclose(mean.projector.weight, base.projector.weight + 0.4, atol=1e-6)
+    assert torch.equal(mean.projector.bias, base.projector.bias)
+    assert config["training"]["averaged"] == ["c0.safetensors", "c1.safetensors", "c2.safetensors"]
+    other = load_checkpoint(tiny_model_path, "cpu").net.float()
+    other.projector = torch.nn.Linear(other.feature_dim, 8)
+    save_checkpoint(other, dict(read_config(tiny_model_path), embed_dim=8), tmp_path / "other.safetensors")
+    with pytest.raises(SystemExit, match="not the same architecture"):
+        average_checkpoints.average([paths[0], str(tmp_path / "other.safetensors")])
