@@ -396,6 +396,18 @@ def main() -> None:
             for top in (1, 2):
                 settings.append(Setting("centre 60%", 0.55, place_from=0.45, band=band, verify_top=top,
                                         inliers=(20, 0.70, 0.1), embed_boxes=False))
+    if "anchor67" in tables:  # a model whose default threshold is 0.67 (session 4's default)
+        for cut in (0.55, 0.6):
+            for band in ((0.38, 0.6), (0.36, 0.6), (0.35, 0.6), (0.38, 0.62), (0.35, 0.62)):
+                settings.append(Setting("centre 60%", cut, place_from=0.45, band=band, inliers=(20, 0.67, 0.1),
+                                        embed_boxes=False))
+        for cut in (0.45, 0.5):  # fewer crops pay for a wider band
+            for band in ((0.35, 0.6), (0.33, 0.6), (0.35, 0.58), (0.36, 0.58)):
+                settings.append(Setting("centre 60%", cut, place_from=0.45, band=band, inliers=(20, 0.67, 0.1),
+                                        embed_boxes=False))
+        for band in ((0.36, 0.58), (0.35, 0.58), (0.35, 0.56)):
+            settings.append(Setting("centre 60%", 0.55, place_from=0.45, band=band, inliers=(20, 0.67, 0.1),
+                                    embed_boxes=False))
     for s in settings:
         row(s)
 

@@ -231,7 +231,11 @@ def test_dedupe_regions_reports_the_box_and_its_area(tmp_path):
         frame = Image.new("RGB", (600, 540), (245, 245, 245))
         frame.paste(im, (60, 90))
         frame.save(folder / "screenshot.png")
-    s = api.dedupe(folder, output=tmp_path / "out", index_dir=tmp_path / "idx", extraction=X0, regions=True)
+    # At 0.75: the box is the point here, and two of these synthetic pictures (unrelated) score
+    # 0.71 with the default model, over its 0.70 (synthetic graphics of one style score high:
+    # training/MODELS.md); the screenshot scores 0.88-0.90 with its photo.
+    s = api.dedupe(folder, output=tmp_path / "out", index_dir=tmp_path / "idx", extraction=X0, regions=True,
+                   threshold=0.75)
     groups = [g for g in s.groups if {m.path.rsplit("/", 1)[-1] for m in g.members} == {"p0.jpg", "screenshot.png"}]
     assert len(groups) == 1
     shot = next(m for m in groups[0].members if m.path.endswith("screenshot.png"))
