@@ -408,6 +408,10 @@ def main() -> None:
         for band in ((0.36, 0.58), (0.35, 0.58), (0.35, 0.56)):
             settings.append(Setting("centre 60%", 0.55, place_from=0.45, band=band, inliers=(20, 0.67, 0.1),
                                     embed_boxes=False))
+    if "anchorhigh" in tables:  # verified pairs ranked higher (above the threshold) or rising faster with inliers
+        for anchor, step in ((0.70, 0.1), (0.75, 0.1), (0.80, 0.1), (0.85, 0.05), (0.70, 0.2), (0.75, 0.15)):
+            settings.append(Setting("centre 60%", 0.55, place_from=0.45, band=(0.38, 0.6), inliers=(20, anchor, step),
+                                    embed_boxes=False))
     for s in settings:
         row(s)
 
