@@ -179,12 +179,15 @@ def main() -> None:
     ap.add_argument("--tables", default="crops,verify,inliers", help="which groups of settings: crops, verify, inliers")
     ap.add_argument("--feature-side", type=int, default=None, help="verify.FEATURE_SIDE for this run")
     ap.add_argument("--orb", default=None, help="verify.ORB_LEVELS,ORB_SCALE[,ORB_FAST] for this run (e.g. 5,1.3)")
+    ap.add_argument("--max-features", type=int, default=None, help="verify.MAX_FEATURES for this run")
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     from copyscan import verify as geo
 
     if args.feature_side:
         geo.FEATURE_SIDE = args.feature_side
+    if args.max_features:
+        geo.MAX_FEATURES = args.max_features
     if args.orb:
         levels, scale, *fast = args.orb.split(",")
         geo.ORB_LEVELS, geo.ORB_SCALE = int(levels), float(scale)
@@ -196,7 +199,8 @@ def main() -> None:
     centred: dict[float, np.ndarray] = {}  # embedded when a crop set first needs them
     kk = K + 1  # the Refiner searches top_k + 1
     gs, gi = index.search(qd, kk)
-    tag = ("" if not args.feature_side else f"-{args.feature_side}") + ("" if not args.orb else f"-orb{args.orb}")
+    tag = ("" if not args.feature_side else f"-{args.feature_side}") + ("" if not args.orb else f"-orb{args.orb}") \
+        + ("" if not args.max_features else f"-kp{args.max_features}")
     verifier = Verifier(model, args.cache, tag)
 
     hits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
