@@ -378,6 +378,7 @@ def _grouped(loaded: LoadedIndex, store: IndexStore, table, full, rows, in_root,
             table.column("mtime_ns").to_pylist(),
         )
     ]
+    paths = [it.path for it in items]
     boxed = regions or verify  # pairs that may carry the box of the copy on each side
     if boxed:
         from .region_search import annotate_groups, place_boxes, region_collection_pairs, verify_uncertain
@@ -393,9 +394,9 @@ def _grouped(loaded: LoadedIndex, store: IndexStore, table, full, rows, in_root,
         all_descriptors = descriptors_of(full.take(all_rows))
         found = region_collection_pairs(loaded, all_rows, all_descriptors, item_of_row, threshold)
         if regions:
-            place_boxes(found, [it.path for it in items])
+            place_boxes(found, paths)
         if verify:  # after place_boxes: a verified pair already has its box
-            verify_uncertain(loaded, all_rows, all_descriptors, item_of_row, found, [it.path for it in items], threshold,
+            verify_uncertain(loaded, all_rows, all_descriptors, item_of_row, found, paths, threshold,
                              progress=progress)
         pairs = found.pairs()
     else:
@@ -406,12 +407,12 @@ def _grouped(loaded: LoadedIndex, store: IndexStore, table, full, rows, in_root,
     if boxed:  # a photo filling 30% of a screenshot holds 30% of its pixels of detail
         from .region_search import content_boxes
 
-        boxes = content_boxes(found, [it.path for it in items])
+        boxes = content_boxes(found, paths)
         facts_fn = lambda path: facts_of(path, within=boxes.get(path))  # noqa: E731
     groups = build_groups(items, pairs, choose=make_chooser(keep, protect_dirs, memory.preferred, facts_fn=facts_fn),
                           rejected=memory.rejected)
     if boxed:
-        annotate_groups(groups, found, {it.path: i for i, it in enumerate(items)})
+        annotate_groups(groups, found, {p: i for i, p in enumerate(paths)})
     return groups, len(items)
 
 

@@ -163,10 +163,6 @@ class Refiner:
 
     # ---- query crops ---------------------------------------------------------------------------
 
-    def refine(self, pending: Sequence[PendingQuery], k: int) -> None:
-        """Update each pending query's candidates in place (crops, then verification)."""
-        self.start(pending, k).wait()
-
     def start(self, pending: Sequence[PendingQuery], k: int) -> "Verifying":
         """Crops now; verification started on the thread pool. The candidates change only in the
         returned handle's `wait()`, so the caller can embed the next chunk meanwhile: ORB and

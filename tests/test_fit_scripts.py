@@ -19,9 +19,10 @@ TRAINING = Path(__file__).resolve().parents[1] / "training"
 def scripts():
     sys.path.insert(0, str(TRAINING))
     try:
+        import average_checkpoints
         import fit_heads
         import fit_tail
-        yield fit_heads, fit_tail
+        yield fit_heads, fit_tail, average_checkpoints
     finally:
         sys.path.remove(str(TRAINING))
 
@@ -33,7 +34,7 @@ def test_the_tail_after_the_cached_stem_is_the_whole_network(scripts):
     from copyscan.models.base import DescriptorNet
     from copyscan.models.lite0 import ARCH
 
-    _, fit_tail = scripts
+    _, fit_tail, _ = scripts
     backbone = timm.create_model(ARCH, pretrained=False)
     backbone.reset_classifier(0, "")
     net = DescriptorNet(backbone, 1280, 32).eval()
@@ -52,7 +53,7 @@ def test_the_tail_after_the_cached_stem_is_the_whole_network(scripts):
 def test_more_views_start_with_the_views_of_fewer(scripts, tmp_path):
     # A run with more views grows the cache of a run with fewer: view k of a photo is the same
     # image whether it is drawn alone or after views 0..k-1.
-    fit_heads, _ = scripts
+    fit_heads, _, _ = scripts
     for i in range(3):
         make_photo(tmp_path / f"p{i}.jpg", size=(200, 150), seed=40 + i)
     paths = sorted(p.name for p in tmp_path.iterdir())
@@ -65,12 +66,8 @@ def test_more_views_start_with_the_views_of_fewer(scripts, tmp_path):
     assert not np.array_equal(four[1], four[3])
 
 
-def test_average_of_checkpoints_is_the_mean_of_their_weights(tmp_path, tiny_model_path):
-    sys.path.insert(0, str(TRAINING))
-    try:
-        import average_checkpoints
-    finally:
-        sys.path.remove(str(TRAINING))
+def test_average_of_checkpoints_is_the_mean_of_their_weights(scripts, tmp_path, tiny_model_path):
+    _, _, average_checkpoints = scripts
     from copyscan.models.checkpoint import load_checkpoint, read_config, save_checkpoint
 
     base = load_checkpoint(tiny_model_path, "cpu").net.float()
