@@ -18,7 +18,8 @@ rule), inliers and budget (verified pairs scored by their inliers, on more or fe
 among verified pairs by inliers, and among pairs by cosine), shift (every band and the anchor
 moved together, for a model on another cosine scale), anchor (only the verified score's anchor
 moved), lower (wider bands with fewer crops), revert (a crop win that fails verification taken back),
-penalty (a failed verification lowers the score), anchor70, cheap (the current shape and wider bands, for
+penalty (a failed verification lowers the score), anchor70, stored (wider bands and fewer crops, for
+references whose local features are stored), cheap (the current shape and wider bands, for
 --orb and --feature-side: cheaper local features).
 """
 
@@ -69,12 +70,14 @@ class Setting:
     crop_discount: float = 0.0  # a crop's score counts this much less than a whole image's
     fail_penalty: float = 0.0  # a verified pair whose inliers stay below the floor loses this much
     revert_crops: bool = False  # a crop-won best match that fails verification falls back to its whole-image score
+    # The whole image's best match in the band verified first; a query it lifts gets no crops.
+    verify_first: bool = False
 
 
 def _rgb(path: str):
     """The image at `path` in colour, for re-embedding a verified box (verification reads gray)."""
     from copyscan.decode import open_image, read_bytes
-    from copyscan.verify import FEATURE_SIDE
+    from copyscan.local_features import FEATURE_SIDE
 
     return open_image(read_bytes(path), FEATURE_SIDE)[0]
 
@@ -91,12 +94,11 @@ class Verifier:
         self.seconds = 0.0
 
     def _feats(self, path: str):
-        from copyscan import verify as geo
-        from copyscan.region_search import _open
+        from copyscan import local_features as lf
 
         if path not in self.features:
-            img = _open(path)
-            self.features[path] = None if img is None else (img, geo.features_of(img))
+            img = lf.open_gray(path)
+            self.features[path] = None if img is None else (img, lf.features_of(img))
         return self.features[path]
 
     def get(self, query: str, reference: str, qvec: np.ndarray, rvec: np.ndarray):
@@ -177,22 +179,22 @@ def main() -> None:
     ap.add_argument("--model", default="copyscan_lite0_128")
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--tables", default="crops,verify,inliers", help="which groups of settings: crops, verify, inliers")
-    ap.add_argument("--feature-side", type=int, default=None, help="verify.FEATURE_SIDE for this run")
-    ap.add_argument("--orb", default=None, help="verify.ORB_LEVELS,ORB_SCALE[,ORB_FAST] for this run (e.g. 5,1.3)")
-    ap.add_argument("--max-features", type=int, default=None, help="verify.MAX_FEATURES for this run")
+    ap.add_argument("--feature-side", type=int, default=None, help="local_features.FEATURE_SIDE for this run")
+    ap.add_argument("--orb", default=None, help="local_features.ORB_LEVELS,ORB_SCALE[,ORB_FAST] for this run (e.g. 5,1.3)")
+    ap.add_argument("--max-features", type=int, default=None, help="local_features.MAX_FEATURES for this run")
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
-    from copyscan import verify as geo
+    from copyscan import local_features as lf
 
     if args.feature_side:
-        geo.FEATURE_SIDE = args.feature_side
+        lf.FEATURE_SIDE = args.feature_side
     if args.max_features:
-        geo.MAX_FEATURES = args.max_features
+        lf.MAX_FEATURES = args.max_features
     if args.orb:
         levels, scale, *fast = args.orb.split(",")
-        geo.ORB_LEVELS, geo.ORB_SCALE = int(levels), float(scale)
+        lf.ORB_LEVELS, lf.ORB_SCALE = int(levels), float(scale)
         if fast:
-            geo.ORB_FAST = int(fast[0])
+            lf.ORB_FAST = int(fast[0])
     model = create_model(args.model, "cpu")
     b = Cached(args.bench, model, args.cache)
     rp, rd, qp, qd, grid, gt, labels, rid, qid, index = b.rp, b.rd, b.qp, b.qd, b.qc, b.gt, b.labels, b.rid, b.qid, b.index
@@ -228,7 +230,16 @@ def main() -> None:
             cand = {int(r): (float(s), "global") for s, r in zip(gs[q], gi[q])}
             whole = {r: v[0] for r, v in cand.items()}
             best = float(gs[q, 0])
-            if cs is not None and best < st.cut:
+            lifted_first = False
+            if st.verify_first and st.band is not None and st.band[0] <= best < st.band[1] and st.inliers is not None:
+                r0 = int(gi[q, 0])
+                v = verifier.get(qp[q], rp[r0], qd[q], rd[r0])
+                verified += 1
+                if v is not None and v[0] >= st.inliers[0]:
+                    lifted_first = True
+                    cand[r0] = (max(best, min(0.99, st.inliers[1] + st.inliers[2] * float(np.log2(v[0] / st.inliers[0])))),
+                                "verified")
+            if cs is not None and best < st.cut and not lifted_first:
                 calls += len(CROP_SETS[st.crops])
                 for s, r in zip(cs[q].tolist(), ci[q].tolist()):
                     s -= st.crop_discount
@@ -241,6 +252,8 @@ def main() -> None:
                         cand[r] = (s, "region")
             ranked = sorted(cand.items(), key=lambda t: -t[1][0])[:st.verify_top]
             for r, (s, how) in ranked:
+                if how == "verified":
+                    continue  # verified first
                 coarse = how == "region" and s >= st.place_from
                 band = st.band is not None and st.band[0] <= s < st.band[1]
                 if not (coarse or band):
@@ -412,6 +425,18 @@ def main() -> None:
         for band in ((0.36, 0.58), (0.35, 0.58), (0.35, 0.56)):
             settings.append(Setting("centre 60%", 0.55, place_from=0.45, band=band, inliers=(20, 0.67, 0.1),
                                     embed_boxes=False))
+    if "stored" in tables:  # wider bands, for references whose features are stored (half the cost a pair)
+        for cut in (0.3, 0.35, 0.4, 0.45, 0.5, 0.55):
+            for band in ((0.38, 0.6), (0.30, 0.6), (0.28, 0.6), (0.30, 0.65), (0.32, 0.65), (0.28, 0.65), (0.30, 0.70),
+                         (0.25, 0.70)):
+                settings.append(Setting("centre 60%", cut, place_from=0.45, band=band, inliers=(20, 0.70, 0.1),
+                                        embed_boxes=False))
+    if "first" in tables:  # the band verified before the crops: a lifted query is not cropped
+        for cut in (0.45, 0.55):
+            for band in ((0.30, 0.65), (0.30, 0.60), (0.25, 0.65)):
+                for first in (False, True):
+                    settings.append(Setting("centre 60%", cut, place_from=0.45, band=band, inliers=(20, 0.70, 0.1),
+                                            embed_boxes=False, verify_first=first))
     if "anchorhigh" in tables:  # verified pairs ranked higher (above the threshold) or rising faster with inliers
         for anchor, step in ((0.70, 0.1), (0.75, 0.1), (0.80, 0.1), (0.85, 0.05), (0.70, 0.2), (0.75, 0.15)):
             settings.append(Setting("centre 60%", 0.55, place_from=0.45, band=(0.38, 0.6), inliers=(20, anchor, step),

@@ -3,15 +3,18 @@
 For each model, on one benchmark (`copyscan bench synth` layout):
 
     plain                      index and query without --regions
-    --regions                  query --regions (crops of uncertain queries, uncertain best matches
-                               verified, boxes placed)
+    --regions                  index --regions (region rows, the references' local features
+                               stored) and query --regions (crops of uncertain queries, uncertain
+                               best matches verified, boxes placed)
+    query --regions only       a plain index queried with --regions: each verified reference's
+                               features computed at query time (the narrower unstored band)
     - verify band              --regions without verifying uncertain best matches
                                (RegionSettings.verify_band None: only boxes placed)
-    + region rows              index --regions: the references' region rows scored too
+    + region rows              the references' region rows scored too
 
 micro AP, accuracy at rank 1 (overall and per edit), query images/s (the query call's wall time,
 model loaded and warmed up; plain and --regions alternate for `--rounds`, the median ratio is
-quoted) and index size on disk. Then the box check: references pasted at known positions onto
+quoted), index time and size on disk. Then the box check: references pasted at known positions onto
 distractor photos, queried with --regions; over the pastes whose reference is the best match (at
 the default threshold, and at any score), the IoU of the reported query box with the true one.
 
@@ -160,32 +163,34 @@ def main() -> None:
         if not args.reuse:
             shutil.rmtree(work, ignore_errors=True)
         plain_idx = build_index(args.bench, model, work, False)
+        region_idx = build_index(args.bench, model, work, True)
         if args.boxes_only:
             for threshold in (api.DEFAULT_THRESHOLD, -1.0):
-                b = box_check(truth, plain_idx["path"], model, work, threshold)
+                b = box_check(truth, region_idx["path"], model, work, threshold)
                 report["models"][name] = {"box_check": report["models"].get(name, {}).get("box_check", []) + [b]}
                 print(f"{name} box check: {b}", flush=True)
             continue
         # Warm-up (model, ONNX session, page cache), then plain and --regions alternate, so that
         # the other jobs on a shared machine weigh on both alike; the median ratio is quoted.
-        for regions in (False, True):
-            run_query(args.bench, model, work, plain_idx, "warm", gt, labels, regions, queries=warm)
+        for regions, idx in ((False, plain_idx), (True, region_idx)):
+            run_query(args.bench, model, work, idx, "warm", gt, labels, regions, queries=warm)
         rounds = []
         for r in range(args.rounds):
             rounds.append((run_query(args.bench, model, work, plain_idx, "plain", gt, labels, False),
-                           run_query(args.bench, model, work, plain_idx, "regions", gt, labels, True, RegionSettings())))
+                           run_query(args.bench, model, work, region_idx, "regions", gt, labels, True, RegionSettings())))
         plain, regions = rounds[-1]
         ratio = float(np.median([b["query_seconds"] / a["query_seconds"] for a, b in rounds]))
         plain_s = float(np.median([a["query_seconds"] for a, _ in rounds]))
         rows = [("plain", plain), ("--regions", regions)]
-        boxes = [box_check(truth, plain_idx["path"], model, work, api.DEFAULT_THRESHOLD)]
+        boxes = [box_check(truth, region_idx["path"], model, work, api.DEFAULT_THRESHOLD)]
         if not args.core:
-            region_idx = build_index(args.bench, model, work, True)
+            rows.append(("query --regions on a plain index", run_query(
+                args.bench, model, work, plain_idx, "regions-plain-index", gt, labels, True, RegionSettings())))
             rows.append(("--regions without the verify band", run_query(
-                args.bench, model, work, plain_idx, "regions-noband", gt, labels, True, RegionSettings(verify_band=None))))
+                args.bench, model, work, region_idx, "regions-noband", gt, labels, True, RegionSettings(verify_band=None))))
             rows.append(("--regions + references' region rows (index --regions)", run_query(
                 args.bench, model, work, region_idx, "regions-rows", gt, labels, True, RegionSettings(reference_regions=True))))
-            boxes.append(box_check(truth, plain_idx["path"], model, work, -1.0))
+            boxes.append(box_check(truth, region_idx["path"], model, work, -1.0))
         report["models"][name] = {"runs": [r for _, r in rows], "rounds": rounds, "median_time_ratio": ratio,
                                   "box_check": boxes}
         print(f"\n## {name}")
@@ -202,8 +207,8 @@ def main() -> None:
             print(f"{label}: {r['copies_at_threshold']} copies among the {r['pairs_at_threshold']} pairs scoring "
                   f">= {api.DEFAULT_THRESHOLD}")
         print(f"time ratio --regions / plain per round: {[round(b['query_seconds'] / a['query_seconds'], 2) for a, b in rounds]}")
-        print(f"index seconds: plain {plain_idx['seconds']:.1f}"
-              + (f", --regions {region_idx['seconds']:.1f}" if not args.core else ""))
+        print(f"index seconds: plain {plain_idx['seconds']:.1f}, --regions {region_idx['seconds']:.1f}; "
+              f"MB: plain {plain_idx['bytes'] / 1e6:.2f}, --regions {region_idx['bytes'] / 1e6:.2f}")
         for b in boxes:
             print(f"box check: {b}")
         sys.stdout.flush()

@@ -22,18 +22,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from copyscan.decode import open_image, read_bytes  # noqa: E402
 from copyscan.regions import iou  # noqa: E402
+from copyscan import local_features as lf  # noqa: E402
 from copyscan import verify as geo  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path, help="the --out folder of benchmarks/regions.py")
-    ap.add_argument("--feature-side", default=str(geo.FEATURE_SIDE), help="sides to compare, one after the other (a,b)")
+    ap.add_argument("--feature-side", default=str(lf.FEATURE_SIDE), help="sides to compare, one after the other (a,b)")
     args = ap.parse_args()
     truth = json.loads((args.out / "pastes-truth.json").read_text())
     for side in args.feature_side.split(","):
-        geo.FEATURE_SIDE = int(side)  # read by features_of at each call
-        measure(truth, geo.FEATURE_SIDE)
+        lf.FEATURE_SIDE = int(side)  # read by features_of at each call
+        measure(truth, lf.FEATURE_SIDE)
 
 
 def measure(truth: list[dict], side: int) -> None:
@@ -47,13 +48,13 @@ def measure(truth: list[dict], side: int) -> None:
             a = time.perf_counter()
             img, _, _ = open_image(read_bytes(path), side)
             b = time.perf_counter()
-            cache[path] = geo.features_of(img)
+            cache[path] = lf.features_of(img)
             c = time.perf_counter()
             decode.append(b - a)
             feats.append(c - b)
         wrong = truth[(k + 1) % len(truth)]["reference"]
         if wrong not in cache:
-            cache[wrong] = geo.features_of(open_image(read_bytes(wrong), side)[0])
+            cache[wrong] = lf.features_of(open_image(read_bytes(wrong), side)[0])
         a = time.perf_counter()
         v = geo.verify(cache[t["query"]], cache[t["reference"]])
         b = time.perf_counter()
@@ -65,7 +66,7 @@ def measure(truth: list[dict], side: int) -> None:
         if w is not None:
             placed.append(False)  # never seen so far; counted against the share if it happens
     ms = lambda xs: f"{1000 * float(np.median(xs)):.1f}"  # noqa: E731
-    print(f"{len(truth)} pastes, ORB {geo.MAX_FEATURES} features at {side} px")
+    print(f"{len(truth)} pastes, ORB {lf.MAX_FEATURES} features at {side} px")
     print("| step | median ms |")
     print("|---|---|")
     print(f"| decode one image for features | {ms(decode)} |")

@@ -98,7 +98,7 @@ def index_folder(
     if regions:
         from .region_search import INDEX_BOXES
 
-        extraction = dataclasses.replace(extraction, boxes=INDEX_BOXES)
+        extraction = dataclasses.replace(extraction, boxes=INDEX_BOXES, local_features=True)
     root = resolve_root(folder)
     store = _store(index_dir)
     lazy = LazyModel(model, extraction.device)
@@ -381,7 +381,7 @@ def _grouped(loaded: LoadedIndex, store: IndexStore, table, full, rows, in_root,
     paths = [it.path for it in items]
     boxed = regions or verify  # pairs that may carry the box of the copy on each side
     if boxed:
-        from .region_search import annotate_groups, place_boxes, region_collection_pairs, verify_uncertain
+        from .region_search import annotate_groups, place_boxes, region_collection_pairs, stored_features, verify_uncertain
 
         item_of_row = np.full(len(in_root), -1, dtype=np.int64)
         item_of_row[rows] = np.arange(len(rows))
@@ -394,7 +394,7 @@ def _grouped(loaded: LoadedIndex, store: IndexStore, table, full, rows, in_root,
         all_descriptors = descriptors_of(full.take(all_rows))
         found = region_collection_pairs(loaded, all_rows, all_descriptors, item_of_row, threshold)
         if regions:
-            place_boxes(found, paths)
+            place_boxes(found, paths, stored=stored_features(loaded))
         if verify:  # after place_boxes: a verified pair already has its box
             verify_uncertain(loaded, all_rows, all_descriptors, item_of_row, found, paths, threshold,
                              progress=progress)

@@ -122,7 +122,7 @@ BatchOpt = typer.Option(32, "--batch-size", "-b", min=1, max=MAX_BATCH_SIZE, hel
 WorkersOpt = typer.Option(None, "--workers", "-j", min=0, max=MAX_WORKERS, help="Decoding processes, 0 for none (decode in the main process) \\[default: one a core, at most 8; on a GPU all cores but one, at most 16].", show_default=False)
 DeviceOpt = typer.Option(Device.auto, "--device", help="Where the model runs.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar \\[default: off].", show_default=False)
-RegionsOpt = typer.Option(False, "--regions", help="Partial copies too (a photo inside a screenshot or collage, a crop): region rows in the index, crops of uncertain queries, geometric verification; each match gets the box of the copy on each side \\[default: off].", show_default=False)
+RegionsOpt = typer.Option(False, "--regions", help="Partial copies too (a photo inside a screenshot or collage, a crop): region rows and local features (about 18 KB an image) in the index, crops of uncertain queries, geometric verification; each match gets the box of the copy on each side \\[default: off].", show_default=False)
 # Post-processing: given on index, query, dedupe or eval, it is stored in the index for later runs.
 BackgroundOpt = typer.Option(None, "--background", help="Folder of photos unrelated to the references and queries, to fit whitening and score normalisation on (a new one turns both on); kept in the index \\[default: the index's, if any].", show_default=False)
 WhitenOpt = typer.Option(None, "--whiten/--no-whiten", help="PCA whitening + L2 norm of descriptors \\[default: as stored in the index; off in a new one].", show_default=False)

@@ -41,12 +41,31 @@ def default_workers(gpu: bool = False) -> int:
 
 def start_worker(parent_pid: int, niceness: int, _worker_id: int = 0) -> None:
     """DataLoader worker start-up: end with the parent (kill -9 of `copyscan index` must not
-    leave decoders running), then step aside for the model (`niceness`, 0 on a GPU)."""
+    leave decoders running), then step aside for the model (`niceness`, 0 on a GPU).
+
+    Ctrl-C reaches the whole process group; the main process handles it (saves the shard, says
+    how to resume) and stops the workers itself. A worker interrupted in the middle of handing
+    over a batch printed a BrokenPipeError traceback from multiprocessing's resource sharer
+    thread, so workers ignore SIGINT, and a pipe the main process closed is not reported."""
+    import signal
+    import sys
+
     from .lifeline import die_with_parent
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.excepthook = _quiet_broken_pipe(sys.excepthook)
     die_with_parent(parent_pid)
     if niceness:
         lower_priority(niceness)
+
+
+def _quiet_broken_pipe(hook):
+    def excepthook(kind, value, tb):
+        if issubclass(kind, (BrokenPipeError, ConnectionResetError, EOFError)):
+            return  # the main process stopped reading (interrupted or done): nothing to report
+        hook(kind, value, tb)
+
+    return excepthook
 
 
 def lower_priority(niceness: int, _worker_id: int = 0) -> None:
@@ -58,11 +77,13 @@ def lower_priority(niceness: int, _worker_id: int = 0) -> None:
 
 
 class _Files(Dataset):
-    def __init__(self, entries: Sequence[FileEntry], size: int, max_pixels: int, boxes: Sequence[Box] = ()):
+    def __init__(self, entries: Sequence[FileEntry], size: int, max_pixels: int, boxes: Sequence[Box] = (),
+                 local_features: bool = False):
         self.entries = entries
         self.size = size
         self.max_pixels = max_pixels
         self.boxes = boxes  # region crops to embed too (copyscan.regions)
+        self.local_features = local_features  # ORB features too (copyscan.local_store)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -72,12 +93,24 @@ class _Files(Dataset):
         d, reason = decode_or_reason(entry.path, self.size, self.max_pixels)
         if d is None:
             return i, None, reason
+        meta = (d.width, d.height, d.content_hash, d.pixel_hash)
+        if self.local_features:
+            # None when OpenCV cannot describe it: verification then computes them itself.
+            local, _ = or_reason(_local_features, entry.path)
+            meta = (*meta, local)
         if self.boxes:
             regions, reason = or_reason(region_pixels, entry.path, self.size, self.boxes, self.max_pixels)
             if regions is None:
                 return i, None, reason
-            return i, (d.pixels, regions), (d.width, d.height, d.content_hash, d.pixel_hash)
-        return i, d.pixels, (d.width, d.height, d.content_hash, d.pixel_hash)
+            return i, (d.pixels, regions), meta
+        return i, d.pixels, meta
+
+
+def _local_features(path: str) -> bytes | None:
+    from .local_features import file_features
+
+    features = file_features(path)
+    return None if features is None else features.to_bytes()
 
 
 def _collate(items):
@@ -97,6 +130,8 @@ class EmbeddedBatch:
     skipped: list[Skipped]
     # With `boxes`: (len(rows) * len(boxes), dim), row-major (each row's boxes in order).
     region_descriptors: np.ndarray | None = None
+    # With `local_features`: each row's stored ORB features (local_features.Features.to_bytes) or None.
+    local_features: list[bytes | None] | None = None
     stored: int = 0  # rows an engine's own workers already wrote as shards (not in `rows`)
 
 
@@ -108,16 +143,18 @@ def embed_entries(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress=None,
     boxes: Sequence[Box] = (),
+    local_features: bool = False,
 ) -> Iterator[EmbeddedBatch]:
     """Yield embedded batches in order of completion; `progress(n_done_in_batch)` is called per batch.
 
-    `boxes` (copyscan.regions) also embeds those crops of every image, in the same batches.
+    `boxes` (copyscan.regions) also embeds those crops of every image, in the same batches;
+    `local_features` computes each image's ORB features in the decode workers (local_store.py).
     """
     if not entries:
         return
     workers = default_workers(gpu=model.device.type == "cuda") if workers is None else workers
     loader = DataLoader(
-        _Files(entries, model.input_size, max_pixels, tuple(boxes)),
+        _Files(entries, model.input_size, max_pixels, tuple(boxes), local_features),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
@@ -129,17 +166,18 @@ def embed_entries(
     )
     for indices, pixels, metas, bad in loader:
         rows = []
-        for i, (w, h, ch, ph) in zip(indices, metas):
+        for i, (w, h, ch, ph, *_) in zip(indices, metas):
             e = entries[i]
             rows.append(Row(e.path, e.bytes, e.mtime_ns, ch, ph, w, h))
+        local = [m[4] for m in metas] if local_features else None
         descriptors = model.embed(pixels) if pixels is not None else np.zeros((0, model.dim), np.float32)
         skipped = [Skipped(entries[i].path, reason, entries[i].bytes, entries[i].mtime_ns) for i, reason in bad]
         if progress is not None:
             progress(len(indices) + len(bad))
         if boxes:
-            yield EmbeddedBatch(rows, descriptors[: len(rows)], skipped, descriptors[len(rows):])
+            yield EmbeddedBatch(rows, descriptors[: len(rows)], skipped, descriptors[len(rows):], local)
         else:
-            yield EmbeddedBatch(rows, descriptors, skipped)
+            yield EmbeddedBatch(rows, descriptors, skipped, local_features=local)
 
 
 # ---- region crops (copyscan.regions) ------------------------------------------------------------

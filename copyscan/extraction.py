@@ -20,6 +20,9 @@ class Extraction:
     # Region crops embedded with every image (x0, y0, x1, y1 fractions; copyscan.regions): set by
     # `index --regions`, stored as region rows beside the image's row.
     boxes: tuple[tuple[float, float, float, float], ...] = ()
+    # Each image's ORB features computed in the decode workers and stored for geometric
+    # verification (copyscan.local_store): set by `index --regions`.
+    local_features: bool = False
 
 
 __all__ = ["Extraction"]

@@ -98,7 +98,7 @@ def local_engine(entries: Sequence[FileEntry], model: LazyModel, extraction: Ext
     from .embed import embed_entries
 
     return embed_entries(entries, model.get(), extraction.batch_size, extraction.workers, extraction.max_pixels,
-                         progress=advance, boxes=extraction.boxes)
+                         progress=advance, boxes=extraction.boxes, local_features=extraction.local_features)
 
 
 # ---- 3. shard writer ----------------------------------------------------------------------------
@@ -121,6 +121,9 @@ class ShardWriter:
         self._descriptors: list = []
         self._regions: list = []  # with region rows (index --regions): each row's region number and box
         self._boxes: list = []
+        # (path, ORB features' bytes or None) of each buffered image (local_store.py)
+        self._local: list[tuple[str, bytes | None]] = []
+        self._local_writer = None
         self._last_flush = time.monotonic()
 
     def add(self, batch: EmbeddedBatch, boxes: Sequence = ()) -> None:
@@ -138,6 +141,8 @@ class ShardWriter:
             self._rows.extend(batch.rows)
             self._descriptors.append(batch.descriptors)
         self.new_skips.extend(batch.skipped)
+        local = batch.local_features if batch.local_features is not None else [None] * len(batch.rows)
+        self._local.extend((row.path, data) for row, data in zip(batch.rows, local))
         if len(self._rows) >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
@@ -152,10 +157,15 @@ class ShardWriter:
             # landing before the rename loses this shard's rows, which the next run embeds.
             rows, descs = list(self._rows), list(self._descriptors)
             regions, boxes = list(self._regions), list(self._boxes)
+            local = list(self._local)
             self._rows.clear()
             self._descriptors.clear()
             self._regions.clear()
             self._boxes.clear()
+            self._local.clear()
+            # Before the shard: its rows never point at missing or older features (a kill in
+            # between leaves features of rows the next run embeds again, and overwrites).
+            self._write_local(local)
             if regions:
                 kinds = np.concatenate(regions)
                 table = rows_to_table(rows, np.concatenate(descs), kinds, np.concatenate(boxes))
@@ -166,6 +176,24 @@ class ShardWriter:
             self.store.write_shard(self.store.next_shard_number(), table, self.info)
         self.store.write_skipped(self.skips)
         self._last_flush = time.monotonic()
+
+    def _write_local(self, local: list[tuple[str, bytes | None]]) -> None:
+        features = [(p, d) for p, d in local if d is not None]
+        if not features and not self.store.local_features_path.exists():
+            return  # an index without --regions has no features file
+        if self._local_writer is None:
+            from .local_store import LocalFeatureWriter
+
+            self._local_writer = LocalFeatureWriter(self.store.local_features_path)
+        with writing(self.store.local_features_path, "--index-dir"):
+            self._local_writer.put(features)
+            # Re-embedded without features: their old ones no longer describe the file.
+            self._local_writer.delete([p for p, d in local if d is None])
+
+    def close(self) -> None:
+        if self._local_writer is not None:
+            self._local_writer.close()
+            self._local_writer = None
 
     @property
     def skips(self) -> list[Skipped]:
@@ -219,6 +247,13 @@ def commit(store: IndexStore, info: ModelInfo, roots: list[str], skipped: int,
         del vectors
     finally:
         scratch.unlink(missing_ok=True)
+    if store.local_features_path.exists():  # index --regions: features of removed images dropped
+        from .local_store import LocalFeatureWriter
+
+        local = LocalFeatureWriter(store.local_features_path)
+        with writing(store.local_features_path, "--index-dir"):
+            local.keep_only(store.known_files())
+        local.close()
     meta = store.save_faiss(index, choice.factory, choice.reason, choice.nprobe, count,
                             describe_score(store.postprocess_entry()), margin=margin, kind_name=choice.kind)
     store.commit_manifest(info, count - region_rows, skipped, meta, roots, region_rows)
@@ -297,6 +332,7 @@ def _index_locked(store: IndexStore, root: str, model: LazyModel, extraction: Ex
     else:
         manifest = store.read_manifest()
         summary.total, summary.faiss = store.image_count(manifest), store.faiss_type(manifest)
+    writer.close()  # its features connection (after an exception the garbage collector closes it)
     summary.embedded = writer.written
     summary.notes = list(store.notes)
     summary.seconds = clock.seconds

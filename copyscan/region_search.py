@@ -50,10 +50,11 @@ INDEX_BOXES: tuple[Box, ...] = tuple(grid_boxes(0.6, 1))
 @dataclass(frozen=True)
 class RegionSettings:
     query_boxes: tuple[Box, ...] = QUERY_BOXES
-    # Queries whose best whole-image score is below this get crops: with the default model 0.55
-    # and 0.65 score alike (0.831 micro AP), 0.55 crops 7% fewer queries; cropping every query
-    # scores less (crops of distractors find near matches too).
-    crop_below: float = 0.55
+    # Queries whose best whole-image score is below this get crops: cropping every query scores
+    # less (crops of distractors find near matches too). With the default model and the wide band
+    # below, 0.45 and 0.55 score alike (0.8477 and 0.8479 micro AP) and 0.45 crops 11% fewer
+    # queries (BENCHMARKS.md "Regions", region_sweep.py's "stored" table).
+    crop_below: float = 0.45
     # A query's best match won by a crop has only the crop's box: verification places it when the
     # match scores at least `place_from` (below the threshold too: its inliers may lift it over).
     # With a threshold (a normal query, few matches), a reported best match that the whole image
@@ -63,10 +64,13 @@ class RegionSettings:
     place_from: float = 0.45
     place_below: float = 0.9
     # Best matches scoring in [low, high) verified whoever won them, so that their inliers can
-    # lift a copy the descriptor doubts (or None). Widening it to 0.35 or 0.30 adds 0.001-0.003
-    # micro AP for 25-70% more verified pairs; above 0.6 most copies are already ranked first
-    # (BENCHMARKS.md "Regions", the sweep).
-    verify_band: tuple[float, float] | None = (0.38, 0.6)
+    # lift a copy the descriptor doubts (None: no band). Where the references' features are
+    # stored (index --regions, local_store.py) a pair costs half as much, and the band is wide:
+    # on the dev benchmark [0.30, 0.65) gives +0.004 micro AP over [0.38, 0.60) for twice the
+    # verified pairs, at 1.92x plain's query time against 2.21x with features computed at query
+    # time (BENCHMARKS.md "Regions"). Without stored features, `unstored_band` (None: the same).
+    verify_band: tuple[float, float] | None = (0.30, 0.65)
+    unstored_band: tuple[float, float] | None = (0.38, 0.6)
     # A verified pair with at least `inlier_floor` inliers scores at least the index's default
     # threshold, plus `inlier_step` for each doubling of the inliers (verified_score).
     inlier_floor: int = 20
@@ -74,6 +78,12 @@ class RegionSettings:
     # Queries refined together (crops batched): a chunk's pairs are verified while the next chunk
     # is embedded (256 and 512 measured alike: 1.89-1.94x plain, BENCHMARKS.md "Regions").
     chunk: int = 512
+    def band(self, stored: bool) -> tuple[float, float] | None:
+        """The verify band where the references' features are stored, or not."""
+        if self.verify_band is None or stored or self.unstored_band is None:
+            return self.verify_band
+        return self.unstored_band
+
     # Score the query's whole image against the references' region rows (index --regions) too.
     # Off: on the dev benchmark they added 0.0003-0.0025 micro AP to the query crops for twice
     # the index (alone they cost 0.003; BENCHMARKS.md "Regions"). Region rows serve dedupe, where
@@ -142,10 +152,12 @@ class Refiner:
     """Runs query crops and verification over chunks of queries against one loaded index."""
 
     def __init__(self, model, index, rows: RowTable, post, settings: RegionSettings, *, report_floor: float,
-                 anchor: float, batch_size: int = 32, workers: int | None = 0, max_pixels: int | None = None):
+                 anchor: float, batch_size: int = 32, workers: int | None = 0, max_pixels: int | None = None,
+                 stored=None):
         """`index` holds references in the score rule's form (score.py); `post` is the index's
         post-processing, from which crops get the same form, so every score is the rule's;
-        `anchor` is the index's default threshold, where verified scores start."""
+        `anchor` is the index's default threshold, where verified scores start; `stored` the
+        references' stored features (local_store.LocalFeatureReader) or None."""
         self.model = model
         self.index = index
         self.rows = rows
@@ -158,7 +170,8 @@ class Refiner:
         self.max_pixels = max_pixels
         self.k = 0
         self.stats = {"queries": 0, "cropped": 0, "crops": 0, "verified_pairs": 0, "verified": 0, "lifted": 0}
-        self._references = FeatureCache(256)  # references shared by queries of a chunk, bounded
+        self._references = FeatureCache(256, stored)  # references shared by queries of a chunk, bounded
+        self._band = settings.band(stored is not None)
         self._pool = None  # verification threads, started with the first pair
 
     # ---- query crops ---------------------------------------------------------------------------
@@ -216,12 +229,12 @@ class Refiner:
                 continue
             ref, c = max(q.candidates.items(), key=lambda t: t[1].score)
             uncertain = False
-            if s.verify_band is not None:
+            if self._band is not None:
                 # With a threshold, the band reaches up to it: a best match between the band and
                 # the threshold is reported only if its inliers lift it over (a better model puts
                 # more pastes there: 0.6 is above the band, below 0.75).
-                top = max(s.verify_band[1], self.report_floor) if np.isfinite(self.report_floor) else s.verify_band[1]
-                uncertain = s.verify_band[0] <= c.score < top
+                top = max(self._band[1], self.report_floor) if np.isfinite(self.report_floor) else self._band[1]
+                uncertain = self._band[0] <= c.score < top
             # Below the threshold too: the inliers may lift it over.
             coarse = c.how == "region" and c.score >= s.place_from
             reported = np.isfinite(self.report_floor) and max(self.report_floor, s.place_from) <= c.score < s.place_below
@@ -285,7 +298,8 @@ def query_batches_with_regions(loaded, entries, model, extraction, top_k: int, t
     params = None if use_region_rows else whole_image_params(loaded.index, rows)
     per_image = rows.per_image if use_region_rows else 1
     refiner = Refiner(model, loaded.index, rows, loaded.post, settings, report_floor=floor, anchor=loaded.threshold,
-                      batch_size=extraction.batch_size, workers=0, max_pixels=extraction.max_pixels)
+                      batch_size=extraction.batch_size, workers=0, max_pixels=extraction.max_pixels,
+                      stored=stored_features(loaded))
     pending: list[tuple[object, PendingQuery]] = []
     skipped: list = []
 
@@ -343,34 +357,29 @@ def query_batches_with_regions(loaded, entries, model, extraction, top_k: int, t
         refiner.close()
 
 
-def _open(path: str):
-    """The image at `path` for verification (grayscale, at least FEATURE_SIDE pixels a side where
-    it has them), or None."""
-    from .decode import DecodeError, open_image, read_bytes
-    from .verify import FEATURE_SIDE
-
-    try:
-        img, _, _ = open_image(read_bytes(path), FEATURE_SIDE, gray=True)
-    except (DecodeError, OSError):
-        return None
-    return img
-
-
 def _features(path: str):
     """ORB features of the image at `path` (copyscan.verify), or None when it cannot be read."""
-    from .verify import features_of
+    from .local_features import file_features
 
-    img = _open(path)
-    return None if img is None else features_of(img)
+    return file_features(path)
+
+
+def stored_features(loaded):
+    """The loaded index's stored local features (index --regions), or None."""
+    from .local_store import LocalFeatureReader
+
+    return LocalFeatureReader.open(loaded.store.local_features_path)
 
 
 class FeatureCache:
     """`_features` by path, computed once while the path stays among the `limit` most recently
-    used (None: every one kept). Shared by the verification threads: two of them may compute one
-    path at the same time (outside the lock; the result is the same)."""
+    used (None: every one kept); read from `stored` (local_store.LocalFeatureReader) first when
+    given. Shared by the verification threads: two of them may compute one path at the same time
+    (outside the lock; the result is the same)."""
 
-    def __init__(self, limit: int | None):
+    def __init__(self, limit: int | None, stored=None):
         self.limit = limit
+        self.stored = stored
         self._items: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -379,7 +388,9 @@ class FeatureCache:
             if path in self._items:
                 self._items.move_to_end(path)
                 return self._items[path]
-        value = _features(path)
+        value = self.stored.get(path) if self.stored is not None else None
+        if value is None:
+            value = _features(path)
         with self._lock:
             self._items[path] = value
             if self.limit is not None and len(self._items) > self.limit:
@@ -467,7 +478,9 @@ def verify_uncertain(loaded, rows: np.ndarray, descriptors: np.ndarray, item_of_
     with its verified score (anchored at the index's default threshold) and boxes. Returns how
     many pairs were added."""
     s = settings or RegionSettings()
-    if s.verify_band is None or not len(rows):
+    stored = stored_features(loaded)
+    band = s.band(stored is not None)
+    if band is None or not len(rows):
         return 0
     from .score import pairs_of
 
@@ -489,7 +502,7 @@ def verify_uncertain(loaded, rows: np.ndarray, descriptors: np.ndarray, item_of_
         for row, s_row, i_row in zip(block.tolist(), scores, ids):
             item = int(item_of_row[row])
             for sc, hit in zip(s_row.tolist(), i_row.tolist()):
-                if hit < 0 or sc < s.verify_band[0]:
+                if hit < 0 or sc < band[0]:
                     break  # best first
                 other = int(item_of_row[hit])
                 if other < 0 or other == item or (table.regions[row] and table.regions[hit]) or sc >= threshold:
@@ -503,7 +516,7 @@ def verify_uncertain(loaded, rows: np.ndarray, descriptors: np.ndarray, item_of_
     from . import verify as geo
     from .progress import progress_bar
 
-    features = FeatureCache(512)
+    features = FeatureCache(512, stored)
 
     def check(pair: tuple[int, int]):
         fa, fb = features.get(paths[pair[0]]), features.get(paths[pair[1]])
@@ -530,12 +543,13 @@ def verify_uncertain(loaded, rows: np.ndarray, descriptors: np.ndarray, item_of_
     return len(added_first)
 
 
-def place_boxes(pairs: RegionPairs, paths: list[str], limit: int = 100_000) -> int:
+def place_boxes(pairs: RegionPairs, paths: list[str], limit: int = 100_000, stored=None) -> int:
     """Refine the coarse crop boxes of region-won pairs by geometric verification; returns how many
-    were verified. Only region-won pairs (a crop box at best) are tried, at most `limit`."""
+    were verified. Only region-won pairs (a crop box at best) are tried, at most `limit`.
+    `stored`: the images' stored features (local_store.LocalFeatureReader) or None."""
     from . import verify as geo
 
-    features = FeatureCache(256)
+    features = FeatureCache(256, stored)
 
     placed = 0
     for (i, j) in list(pairs.boxes)[:limit]:

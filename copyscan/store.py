@@ -11,6 +11,7 @@ no other module spells a file name below or a manifest key.
     IDX/index.faiss            the search index over all live rows (built by indexing.py, see ann.py)
     IDX/postprocess.npz        the fitted post-processing (see postprocess.py, background.py)
     IDX/background/            the background photos' descriptors: an index folder of its own
+    IDX/local_features.sqlite  `index --regions`: each image's ORB features (local_store.py)
     IDX/copyscan.lock          held by the one process writing
 
 Every file is written to a temporary name, fsynced and renamed, so a killed run leaves either
@@ -60,6 +61,7 @@ ONDISK_LISTS_FILE = "index.ivfdata"
 LOCK_FILE = "copyscan.lock"
 POST_FILE = "postprocess.npz"
 BACKGROUND_DIR = "background"
+LOCAL_FEATURES_FILE = "local_features.sqlite"
 POST_KEY = "postprocess"  # the manifest entry of the post-processing (background.py fills it)
 NOT_BUILT = {"status": "not built"}
 # What the FAISS file holds: 2 = vectors in score.py's form (two extra columns with score
@@ -178,6 +180,7 @@ class IndexStore:
         self.faiss_path = self.folder / FAISS_FILE
         self.post_path = self.folder / POST_FILE
         self.background_dir = self.folder / BACKGROUND_DIR  # an index folder of its own
+        self.local_features_path = self.folder / LOCAL_FEATURES_FILE  # local_store.py
         self._lock: FileLock | None = None
         # Set by `lock` when the folder cannot be written at all (a read-only disk, a protected
         # folder): a run with nothing to change still works; one that must write fails there.

@@ -23,44 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
+from .local_features import Features, cv2_module
 from .regions import Box
 
-# Longest side the features are computed at: pastes of 30% still get ~115 px. On the dev benchmark
-# 384 verified more copies than 512 (micro AP 0.831 against 0.825, same bands) for less time (ORB
-# features of an image 8.8 against 11.0 ms). On the box check's synthetic pastes alone it places
-# fewer (82.5% of the pairs against 92.5%), yet 99% of the pastes reported at the default
-# threshold still get their box right (BENCHMARKS.md "Regions").
-FEATURE_SIDE = 384
-MAX_FEATURES = 500  # with 1000, matching took 8 ms a pair on the dev benchmark, against 3 ms
 RATIO = 0.8  # Lowe's ratio test
 MIN_INLIERS = 15  # below this, random matches fit an affine map too often (BENCHMARKS.md)
-REPROJECTION_PX = 6.0  # RANSAC inlier distance at FEATURE_SIDE
-MAX_UPSCALE = 2.0  # small images are enlarged towards FEATURE_SIDE: ORB finds few corners in 200 px
-ORB_LEVELS = 8  # ORB's scale pyramid: levels, and the size ratio between two levels (OpenCV's defaults)
-ORB_SCALE = 1.2
-# FAST corner threshold: OpenCV's 20 against 10 before, 2.8 against 3.4 ms an image at 384 px for
-# 0.0002 less micro AP on the dev benchmark (`region_sweep.py --tables cheap --orb 8,1.2,20`).
-ORB_FAST = 20
-
-
-def _cv2():
-    try:
-        import cv2
-    except ImportError:  # pragma: no cover - a dependency; kept as a clear message all the same
-        from .errors import UserError
-
-        raise UserError("geometric verification needs OpenCV: pip install opencv-python-headless") from None
-    return cv2
-
-
-@dataclass
-class Features:
-    points: np.ndarray  # (n, 2) float32: keypoint positions as fractions of width and height
-    descriptors: np.ndarray | None  # (n, 32) uint8 ORB descriptors; None when no keypoint
-    width: int  # of the image the features were computed on
-    height: int
+REPROJECTION_PX = 6.0  # RANSAC inlier distance at local_features.FEATURE_SIDE
 
 
 @dataclass
@@ -71,30 +40,9 @@ class Verification:
     matrix: np.ndarray  # (2, 3) affine map from reference fractions to query fractions
 
 
-def features_of(img: Image.Image | np.ndarray) -> Features:
-    """ORB features of an RGB image (PIL or HWC uint8), scaled to FEATURE_SIDE (enlarged 2x at most)."""
-    cv2 = _cv2()
-    if isinstance(img, Image.Image):
-        img = img.convert("L")
-        scale = min(MAX_UPSCALE, FEATURE_SIDE / max(img.size))
-        if abs(scale - 1) > 0.05:
-            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BILINEAR)
-        gray = np.asarray(img, dtype=np.uint8)
-    else:
-        gray = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
-        scale = min(MAX_UPSCALE, FEATURE_SIDE / max(gray.shape[:2]))
-        if abs(scale - 1) > 0.05:
-            gray = cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))), interpolation=cv2.INTER_AREA)
-    h, w = gray.shape[:2]
-    orb = cv2.ORB_create(nfeatures=MAX_FEATURES, fastThreshold=ORB_FAST, nlevels=ORB_LEVELS, scaleFactor=ORB_SCALE)
-    keypoints, descriptors = orb.detectAndCompute(gray, None)
-    points = np.array([k.pt for k in keypoints], dtype=np.float32).reshape(-1, 2) / np.array([w, h], dtype=np.float32)
-    return Features(points, descriptors, w, h)
-
-
 def verify(query: Features, reference: Features, min_inliers: int = MIN_INLIERS) -> Verification | None:
     """Fit reference -> query; None when too few matches agree on one affine map."""
-    cv2 = _cv2()
+    cv2 = cv2_module()
     if query.descriptors is None or reference.descriptors is None or len(query.points) < 3 or len(reference.points) < 3:
         return None
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING)

@@ -116,6 +116,31 @@ def make_photo(path, size: tuple[int, int] = (256, 192), seed: int = 0, mode: st
     return path
 
 
+def paste(ref: Image.Image, background: Image.Image, fill: float, rng) -> tuple[Image.Image, tuple]:
+    """`ref` pasted onto `background` at `fill` of its width; the image and the true box."""
+    bg = background.copy()
+    w = round(bg.width * fill)
+    h = min(bg.height, round(w * ref.height / ref.width))
+    x, y = rng.randint(0, bg.width - w), rng.randint(0, bg.height - h)
+    bg.paste(ref.resize((w, h), Image.Resampling.BILINEAR), (x, y))
+    return bg, (x / bg.width, y / bg.height, (x + w) / bg.width, (y + h) / bg.height)
+
+
+def make_pasted_copies(refs: Path, queries: Path, n_refs: int, n_queries: int, seed: int, fill: float) -> None:
+    """`n_refs` photos r0.jpg... (480x360) in `refs` and, in `queries`, q0.jpg...: the first
+    `n_queries` of them pasted onto another photo (800x600) at `fill`, 0.05 more for each."""
+    import random
+
+    rng = random.Random(seed)
+    for s in range(n_refs):
+        make_photo(refs / f"r{s}.jpg", size=(480, 360), seed=seed + s)
+    queries.mkdir(parents=True, exist_ok=True)
+    for s in range(n_queries):
+        with Image.open(refs / f"r{s}.jpg") as ref:
+            bg = Image.fromarray(photo_array((800, 600), seed=seed + 100 + s))
+            paste(ref, bg, fill + 0.05 * s, rng)[0].save(queries / f"q{s}.jpg", quality=90)
+
+
 @pytest.fixture
 def photo_factory():
     """The `make_photo` function, for tests that prefer a fixture to an import."""

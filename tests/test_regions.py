@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import make_photo, photo_array
+from conftest import make_pasted_copies, make_photo, paste, photo_array
 
 import copyscan.api as api
 from copyscan.extraction import Extraction
@@ -22,20 +22,11 @@ from copyscan.region_search import RowTable, image_pairs
 from copyscan.regions import FULL_BOX, grid_boxes, iou, with_region_rows
 from copyscan.results import Match, QueryResult
 from copyscan.store import IndexStore, Row, paths_of, rows_to_table
-from copyscan.verify import features_of, verify
+from copyscan.local_features import features_of
+from copyscan.verify import verify
 
 
 X0 = Extraction(workers=0)  # decode in this process: a few images do not pay for worker start-up
-
-
-def paste(ref: Image.Image, background: Image.Image, fill: float, rng: random.Random) -> tuple[Image.Image, tuple]:
-    """`ref` pasted onto `background` at `fill` of its width; the image and the true box."""
-    bg = background.copy()
-    w = round(bg.width * fill)
-    h = min(bg.height, round(w * ref.height / ref.width))
-    x, y = rng.randint(0, bg.width - w), rng.randint(0, bg.height - h)
-    bg.paste(ref.resize((w, h), Image.Resampling.BILINEAR), (x, y))
-    return bg, (x / bg.width, y / bg.height, (x + w) / bg.width, (y + h) / bg.height)
 
 
 def read_rows(path):
@@ -88,7 +79,7 @@ def test_verify_places_pasted_copies():
 
 def test_verify_crop_gives_the_reference_box():
     # A centred 60% crop: the synthetic photo has few corners, and a 50% crop of this one keeps
-    # too few of them at verify.FEATURE_SIDE (384) to pass MIN_INLIERS.
+    # too few of them at local_features.FEATURE_SIDE (384) to pass MIN_INLIERS.
     ref = Image.fromarray(photo_array((640, 480), seed=0))
     query = ref.crop((128, 96, 512, 384))
     v = verify(features_of(query), features_of(ref))
@@ -201,14 +192,7 @@ def test_query_regions_chunks_verified_beside_the_next_give_the_same_results(tmp
     from copyscan.region_search import RegionSettings
 
     refs, queries = tmp_path / "refs", tmp_path / "q"
-    rng = random.Random(5)
-    for s in range(5):
-        make_photo(refs / f"r{s}.jpg", size=(480, 360), seed=500 + s)
-    queries.mkdir()
-    for s in range(5):
-        with Image.open(refs / f"r{s}.jpg") as ref:
-            bg = Image.fromarray(photo_array((800, 600), seed=600 + s))
-            paste(ref, bg, 0.45 + 0.05 * s, rng)[0].save(queries / f"q{s}.jpg", quality=90)
+    make_pasted_copies(refs, queries, 5, 5, seed=500, fill=0.45)
     make_photo(queries / "other.jpg", size=(640, 480), seed=700)
     api.index_folder(refs, index_dir=tmp_path / "idx", extraction=X0)
     outs = {}

@@ -1,0 +1,121 @@
+"""The references' local features, stored by `index --regions` (store.py names the file).
+
+Geometric verification (copyscan.verify) needs ORB features (copyscan.local_features) of both images of a pair. Computed at
+query time, the reference's half (decoding the file again, ORB) was half of a verified pair's
+cost; `index --regions` computes them once, in the decode workers, and keeps them here, so that
+`query --regions` decodes only its own queries and can afford to verify more pairs
+(BENCHMARKS.md "Regions").
+
+One SQLite file (standard library; transactions keep it whole through a killed run): a row per
+image path with its features' bytes (local_features.Features.to_bytes, ~18 KB an image, against 0.5 KB
+for a 128-d descriptor). A path is looked up by its B-tree key, so a verified pair costs one
+read whatever the index's size. Features made with other ORB settings (another copyscan
+version) are not used: `settings` is checked once on opening.
+
+Rows follow the index: the writer puts a re-embedded image's new features (or deletes its old
+ones when it is re-embedded without `--regions`) before the shard holding it is written, and a
+commit drops the rows of images no longer indexed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Iterable
+
+from .local_features import SETTINGS, Features
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS features (path TEXT PRIMARY KEY, data BLOB NOT NULL)",
+)
+
+
+class LocalFeatureWriter:
+    """The index writer's side (holding the index's lock)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            db = sqlite3.connect(self.path)
+            with db:
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                row = db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
+                if row is None or row[0] != SETTINGS:
+                    # Features of other settings would be refused by every reader: start afresh.
+                    db.execute("DELETE FROM features")
+                    db.execute("INSERT OR REPLACE INTO meta VALUES ('settings', ?)", (SETTINGS,))
+            self._db = db
+        return self._db
+
+    def put(self, items: Iterable[tuple[str, bytes]]) -> None:
+        db = self._connect()
+        with db:
+            db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?)", items)
+
+    def delete(self, paths: Iterable[str]) -> None:
+        """Forget these paths' features (re-embedded without them); nothing to do without a file."""
+        if self._db is None and not self.path.exists():
+            return
+        db = self._connect()
+        with db:
+            db.executemany("DELETE FROM features WHERE path = ?", ((p,) for p in paths))
+
+    def keep_only(self, live: Iterable[str]) -> int:
+        """Drop the rows of paths not in `live` (images no longer indexed); returns how many."""
+        if self._db is None and not self.path.exists():
+            return 0
+        db = self._connect()
+        with db:
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS live (path TEXT PRIMARY KEY)")
+            db.execute("DELETE FROM live")
+            db.executemany("INSERT OR IGNORE INTO live VALUES (?)", ((p,) for p in live))
+            gone = db.execute("DELETE FROM features WHERE path NOT IN (SELECT path FROM live)").rowcount
+            db.execute("DELETE FROM live")
+        return gone
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+class LocalFeatureReader:
+    """The searcher's side: `get(path)` from any thread (a connection each, read-only)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._local = threading.local()
+
+    @classmethod
+    def open(cls, path: Path) -> "LocalFeatureReader | None":
+        """A reader of the file at `path`, or None when there is none, it cannot be read, or its
+        features were made with other settings (the caller computes features itself then)."""
+        if not path.is_file():
+            return None
+        reader = cls(path)
+        try:
+            row = reader._db().execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
+        except sqlite3.Error:
+            return None
+        return reader if row is not None and row[0] == SETTINGS else None
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            self._local.db = db
+        return db
+
+    def get(self, path: str) -> Features | None:
+        """The stored features of `path`, or None when none are stored (or they cannot be read)."""
+        try:
+            row = self._db().execute("SELECT data FROM features WHERE path = ?", (path,)).fetchone()
+            return None if row is None else Features.from_bytes(row[0])
+        except (sqlite3.Error, ValueError):
+            return None
