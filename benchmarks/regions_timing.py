@@ -1,7 +1,8 @@
 """Query time of `query --regions` settings against plain `query`, side by side (issue 18).
 
 Plain and each setting alternate for ROUNDS rounds after a warm-up, on one index of the
-benchmark's references (built on first use); the median time of each is divided by plain's.
+benchmark's references (built with `--regions` on first use; an index built without it times the
+settings where each verified reference is decoded again); the median time of each is divided by plain's.
 A setting is NAME=FIELD=VALUE[,FIELD=VALUE...] of `RegionSettings` (Python literals):
 
     python benchmarks/regions_timing.py .bench/dev --index /tmp/regions-idx \\
@@ -58,7 +59,8 @@ def main() -> None:
     args = ap.parse_intermixed_args()
     model = create_model(args.model)
     if not args.index.exists():
-        api.index_folder(resolve_root(args.bench / "references"), index_dir=args.index, model=model)
+        # As a user of --regions indexes: region rows and the references' local features stored.
+        api.index_folder(resolve_root(args.bench / "references"), index_dir=args.index, model=model, regions=True)
     queries = resolve_root(args.bench / "queries")
     variants = {"default": RegionSettings(), **dict(parse_setting(t) for t in args.settings)}
 

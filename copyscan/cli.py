@@ -642,7 +642,7 @@ def eval_cmd(
     score_norm: Optional[bool] = ScoreNormOpt,
     whiten_dim: Optional[int] = WhitenDimOpt,
     beta: Optional[float] = BetaOpt,
-    regions: bool = typer.Option(False, "--regions", help="Query with --regions (crops of uncertain queries, geometric verification) \\[default: off].", show_default=False),
+    regions: bool = typer.Option(False, "--regions", help="Index and query with --regions (the references' region rows and local features; crops of uncertain queries, geometric verification) \\[default: off].", show_default=False),
     batch_size: int = BatchOpt,
     workers: Optional[int] = WorkersOpt,
     device: Device = DeviceOpt,

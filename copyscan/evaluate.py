@@ -154,7 +154,7 @@ def evaluate_bench(
     BENCH/queries keeping each query's top-k whatever the score, and score the predictions.
 
     `post` (a `postprocess.PostOptions`) sets up whitening / score normalisation in the index
-    first; without it the index's stored setting (if any) is used. `regions` queries with --regions.
+    first; without it the index's stored setting (if any) is used. `regions` indexes and queries with --regions.
     """
     bench = Path(bench_dir)
     _check_bench(bench)
@@ -170,7 +170,10 @@ def evaluate_bench(
     query_root = resolve_root(bench / "queries")
 
     extraction = extraction or Extraction()
-    indexed = index_folder(ref_root, index_dir=index_dir, model=model or DEFAULT_MODEL, extraction=extraction, post=post)
+    # With --regions, the references are indexed as `index --regions` does (their local features
+    # stored: the wider verification band), so the score is what a user of both options gets.
+    indexed = index_folder(ref_root, index_dir=index_dir, model=model or DEFAULT_MODEL, extraction=extraction, post=post,
+                           regions=regions)
     store = IndexStore(index_dir)
     others = [r for r in store.roots() if r != ref_root]
     if others:

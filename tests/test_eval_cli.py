@@ -110,6 +110,12 @@ def test_bench_folder(tmp_path, tiny_model_path):
     assert doc2["postprocess"]["whiten"] and doc2["postprocess"]["background_images"] == 16
     assert doc2["n_predictions"] == 5 * 6  # top-10 of 6 references
 
+    # --regions indexes the references as `index --regions` does: their local features stored.
+    doc3 = json.loads(cli("eval", bench, "-m", tiny_model_path, "-o", tmp_path / "out-regions", "--regions",
+                          "-j", "0", "--json").output)
+    assert (tmp_path / "out-regions" / "index" / "local_features.sqlite").exists()
+    assert 0.0 <= doc3["micro_ap"] <= 1.0 and doc3["n_predictions"] == 5 * 6
+
 
 def test_bench_folder_errors(tmp_path, tiny_model_path):
     bench = make_bench(tmp_path)

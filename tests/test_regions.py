@@ -343,6 +343,7 @@ def test_regions_option_on_index_query_dedupe_and_calibrate(tmp_path, tiny_model
     cli("index", "photos", "--model", tiny_model_path, "--regions", "-j", "0", "-q")
     manifest = json.loads((tmp_path / ".copyscan" / "index" / "manifest.json").read_text())
     assert manifest["counts"]["region_rows"] == 4
+    assert (tmp_path / ".copyscan" / "index" / "local_features.sqlite").exists()
     cli("query", "photos", "--regions", "-t", "-1", "-k", "2", "-j", "0", "-q")
     header = next(csv.reader(open(tmp_path / "copyscan-query" / "matches.csv", encoding="utf-8")))
     assert header[4:] == BOX_COLUMNS
