@@ -19,7 +19,8 @@ among verified pairs by inliers, and among pairs by cosine), shift (every band a
 moved together, for a model on another cosine scale), anchor (only the verified score's anchor
 moved), lower (wider bands with fewer crops), revert (a crop win that fails verification taken back),
 penalty (a failed verification lowers the score), anchor70, stored (wider bands and fewer crops, for
-references whose local features are stored), cheap (the current shape and wider bands, for
+references whose local features are stored), first (the band verified before the crops), cropfrom
+(no crops for queries that resemble nothing), cheap (the current shape and wider bands, for
 --orb and --feature-side: cheaper local features).
 """
 
@@ -72,6 +73,7 @@ class Setting:
     revert_crops: bool = False  # a crop-won best match that fails verification falls back to its whole-image score
     # The whole image's best match in the band verified first; a query it lifts gets no crops.
     verify_first: bool = False
+    crop_from: float = -9.0  # queries get crops only from this best whole-image score up to `cut`
 
 
 def _rgb(path: str):
@@ -239,7 +241,7 @@ def main() -> None:
                     lifted_first = True
                     cand[r0] = (max(best, min(0.99, st.inliers[1] + st.inliers[2] * float(np.log2(v[0] / st.inliers[0])))),
                                 "verified")
-            if cs is not None and best < st.cut and not lifted_first:
+            if cs is not None and st.crop_from <= best < st.cut and not lifted_first:
                 calls += len(CROP_SETS[st.crops])
                 for s, r in zip(cs[q].tolist(), ci[q].tolist()):
                     s -= st.crop_discount
@@ -437,6 +439,10 @@ def main() -> None:
                 for first in (False, True):
                     settings.append(Setting("centre 60%", cut, place_from=0.45, band=band, inliers=(20, 0.70, 0.1),
                                             embed_boxes=False, verify_first=first))
+    if "cropfrom" in tables:  # no crops for queries whose best whole-image score is very low
+        for lo in (-9.0, 0.2, 0.25, 0.3, 0.32, 0.34, 0.36):
+            settings.append(Setting("centre 60%", 0.45, place_from=0.45, band=(0.30, 0.65), inliers=(20, 0.70, 0.1),
+                                    embed_boxes=False, crop_from=lo))
     if "anchorhigh" in tables:  # verified pairs ranked higher (above the threshold) or rising faster with inliers
         for anchor, step in ((0.70, 0.1), (0.75, 0.1), (0.80, 0.1), (0.85, 0.05), (0.70, 0.2), (0.75, 0.15)):
             settings.append(Setting("centre 60%", 0.55, place_from=0.45, band=(0.38, 0.6), inliers=(20, anchor, step),

@@ -21,8 +21,9 @@ Crops and verification cost model calls and feature matching, so they are spent 
 can change the answer (the bands were chosen on the dev benchmark with the default model,
 BENCHMARKS.md "Regions"):
 
-* query crops for queries whose best whole-image score is below `crop_below` (uncertain, or
-  matching nothing: a pasted copy scores low against its reference);
+* query crops for queries whose best whole-image score is in [`crop_from`, `crop_below`)
+  (uncertain: a pasted copy scores low against its reference; a query that resembles nothing at
+  all is no copy as a rule, and its crop finds nothing either);
 * verification of a query's best match when it scores in the uncertain band `verify_band` (to
   lift a copy the descriptor doubts), when a crop won it (to place the box), and, with a
   threshold, when it is reported below `place_below` (to place the box).
@@ -55,6 +56,11 @@ class RegionSettings:
     # below, 0.45 and 0.55 score alike (0.8477 and 0.8479 micro AP) and 0.45 crops 11% fewer
     # queries (BENCHMARKS.md "Regions", region_sweep.py's "stored" table).
     crop_below: float = 0.45
+    # ... and at least this: on the dev benchmark the crops of the 10% of queries whose best
+    # whole-image score is below 0.30 changed nothing (0.8477 -> 0.8476 micro AP without them, 0.59
+    # verified pairs a query instead of 0.65; from 0.32 it loses 0.002: region_sweep.py's
+    # "cropfrom" table). -inf: every query below `crop_below`.
+    crop_from: float = 0.30
     # A query's best match won by a crop has only the crop's box: verification places it when the
     # match scores at least `place_from` (below the threshold too: its inliers may lift it over).
     # With a threshold (a normal query, few matches), a reported best match that the whole image
@@ -200,7 +206,8 @@ class Refiner:
 
     def _crops(self, pending: Sequence[PendingQuery]) -> None:
         s = self.settings
-        todo = [q for q in pending if max((c.score for c in q.candidates.values()), default=-np.inf) < s.crop_below]
+        todo = [q for q in pending
+                if s.crop_from <= max((c.score for c in q.candidates.values()), default=-np.inf) < s.crop_below]
         if not todo or not s.query_boxes:
             return
         self.stats["cropped"] += len(todo)
@@ -604,7 +611,7 @@ def best_with_regions(sims: np.ndarray, paths: list[str], references: np.ndarray
                       settings: RegionSettings | None = None, reference_paths: list[str] | None = None,
                       anchor: float | None = None) -> np.ndarray:
     """Query x reference cosines raised as `query --regions` raises them (plain cosines: no
-    post-processing): by the query crops of rows whose best score is below `crop_below`, then,
+    post-processing): by the query crops of rows whose best score is in [`crop_from`, `crop_below`), then,
     given the references' paths, by verifying each row's best match where the Refiner would
     (without a threshold: in `verify_band`, or won by a crop from `place_from`), verified scores
     anchored at `anchor` (default: the default threshold)."""
@@ -613,7 +620,8 @@ def best_with_regions(sims: np.ndarray, paths: list[str], references: np.ndarray
     s = settings or RegionSettings()
     sims = sims.copy()
     before = sims.copy()
-    todo = np.nonzero(sims.max(axis=1, initial=-np.inf) < s.crop_below)[0] if sims.size else np.zeros(0, np.int64)
+    top = sims.max(axis=1, initial=-np.inf) if sims.size else np.zeros(0)
+    todo = np.nonzero((top >= s.crop_from) & (top < s.crop_below))[0]
     if len(todo) and s.query_boxes:
         from .embed import embed_regions
 

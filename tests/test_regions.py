@@ -279,16 +279,28 @@ def test_report_draws_boxes_only_for_partial_copies(tmp_path):
     assert page.count('class="where"') == 1 and "left:10.0%;top:20.0%;width:50.0%;height:50.0%" in page
 
 
-def test_calibrate_scores_with_crops_only_raise_uncertain_rows(tmp_path, tiny_model_path):
+def test_calibrate_scores_with_crops_only_raise_uncertain_rows(tmp_path, tiny_model_path, monkeypatch):
     from copyscan.models import create_model
     from copyscan.region_search import RegionSettings, best_with_regions
 
+    import copyscan.embed as embed
+
     model = create_model(str(tiny_model_path), "cpu")
-    paths = [str(make_photo(tmp_path / f"c{i}.jpg", size=(160, 120), seed=i)) for i in range(3)]
-    sims = np.array([[0.9, 0.1], [0.2, 0.3], [0.5, -0.2]], np.float32)  # row 0 is certain
+    paths = [str(make_photo(tmp_path / f"c{i}.jpg", size=(160, 120), seed=i)) for i in range(4)]
+    # Row 0 is certain, row 3 resembles nothing (below crop_from); rows 1 and 2 are uncertain.
+    sims = np.array([[0.9, 0.1], [0.2, 0.35], [0.5, -0.2], [0.1, 0.05]], np.float32)
     refs = np.random.default_rng(0).normal(size=(2, model.dim)).astype(np.float32)
-    raised = best_with_regions(sims, paths, refs, model, settings=RegionSettings(crop_below=0.65))
-    assert raised[0].tolist() == sims[0].tolist()
+    requested = []
+    real = embed.embed_regions
+
+    def recording(requests, *a, **kw):
+        requested.extend(p for p, _ in requests)
+        return real(requests, *a, **kw)
+
+    monkeypatch.setattr(embed, "embed_regions", recording)
+    raised = best_with_regions(sims, paths, refs, model, settings=RegionSettings(crop_below=0.65, crop_from=0.3))
+    assert requested == paths[1:3]
+    assert raised[0].tolist() == sims[0].tolist() and raised[3].tolist() == sims[3].tolist()
     assert (raised >= sims).all() and raised.shape == sims.shape
 
 
