@@ -106,11 +106,13 @@ class _Files(Dataset):
         return i, d.pixels, meta
 
 
-def _local_features(path: str) -> bytes | None:
-    from .local_features import file_features
+def _local_features(path: str) -> bytes:
+    """The file's ORB features as stored; none (zero keypoints) when OpenCV's decode fails where
+    the model's succeeded, so that the next `index --regions` does not embed it again for them."""
+    from .local_features import Features, file_features
 
-    features = file_features(path)
-    return None if features is None else features.to_bytes()
+    features = file_features(path) or Features(np.zeros((0, 2), np.float32), None, 0, 0)
+    return features.to_bytes()
 
 
 def _collate(items):

@@ -71,11 +71,16 @@ class IndexPlan:
 
 
 def plan(store: IndexStore, root: str, regions: bool = False) -> IndexPlan:
-    """`regions`: files indexed without region rows count as changed (they are embedded again)."""
+    """`regions`: files indexed without region rows or stored local features count as changed
+    (they are embedded again: an index made by a version before local features were stored, or
+    whose features file was lost, gets them)."""
     entries, found_skips = discover(root)
     known = store.known_files()
     if regions:
-        with_regions = store.paths_with_regions()
+        from .local_store import LocalFeatureReader
+
+        reader = LocalFeatureReader.open(store.local_features_path)
+        with_regions = store.paths_with_regions() & (reader.paths() if reader is not None else set())
         known_for_todo = {p: v for p, v in known.items() if p in with_regions}
     else:
         known_for_todo = known

@@ -19,10 +19,12 @@ commit drops the rows of images no longer indexed.
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from .local_features import SETTINGS, Features
 
@@ -32,8 +34,24 @@ _SCHEMA = (
 )
 
 
+@contextmanager
+def _as_os_errors(path: Path) -> Iterator[None]:
+    """SQLite's full disk, read-only file or unopenable folder as the OSError they are, so that
+    the caller's `oserrors.writing` names the path and what to do, as for every other file."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        text = str(exc).lower()
+        code = errno.ENOSPC if "full" in text else errno.EROFS if "readonly" in text or "read-only" in text \
+            else errno.EACCES if "unable to open" in text else None
+        if code is None:
+            raise
+        raise OSError(code, str(exc), str(path)) from None
+
+
 class LocalFeatureWriter:
-    """The index writer's side (holding the index's lock)."""
+    """The index writer's side (holding the index's lock). Its methods raise OSError for a full
+    disk or a protected folder."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -41,7 +59,21 @@ class LocalFeatureWriter:
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
-            db = sqlite3.connect(self.path)
+            with _as_os_errors(self.path):
+                try:
+                    db = self._open()
+                except sqlite3.DatabaseError:
+                    # Not a database (damaged, or another file under this name): the features
+                    # are derived data, so it is replaced; the references it described get
+                    # theirs computed at query time until they are indexed again.
+                    self.path.unlink(missing_ok=True)
+                    db = self._open()
+            self._db = db
+        return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path)
+        try:
             with db:
                 for statement in _SCHEMA:
                     db.execute(statement)
@@ -50,12 +82,14 @@ class LocalFeatureWriter:
                     # Features of other settings would be refused by every reader: start afresh.
                     db.execute("DELETE FROM features")
                     db.execute("INSERT OR REPLACE INTO meta VALUES ('settings', ?)", (SETTINGS,))
-            self._db = db
-        return self._db
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
 
     def put(self, items: Iterable[tuple[str, bytes]]) -> None:
         db = self._connect()
-        with db:
+        with _as_os_errors(self.path), db:
             db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?)", items)
 
     def delete(self, paths: Iterable[str]) -> None:
@@ -63,7 +97,7 @@ class LocalFeatureWriter:
         if self._db is None and not self.path.exists():
             return
         db = self._connect()
-        with db:
+        with _as_os_errors(self.path), db:
             db.executemany("DELETE FROM features WHERE path = ?", ((p,) for p in paths))
 
     def keep_only(self, live: Iterable[str]) -> int:
@@ -71,7 +105,7 @@ class LocalFeatureWriter:
         if self._db is None and not self.path.exists():
             return 0
         db = self._connect()
-        with db:
+        with _as_os_errors(self.path), db:
             db.execute("CREATE TEMP TABLE IF NOT EXISTS live (path TEXT PRIMARY KEY)")
             db.execute("DELETE FROM live")
             db.executemany("INSERT OR IGNORE INTO live VALUES (?)", ((p,) for p in live))
@@ -111,6 +145,13 @@ class LocalFeatureReader:
             db = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
             self._local.db = db
         return db
+
+    def paths(self) -> set[str]:
+        """Every path with stored features (empty when the file cannot be read)."""
+        try:
+            return {p for (p,) in self._db().execute("SELECT path FROM features")}
+        except sqlite3.Error:
+            return set()
 
     def get(self, path: str) -> Features | None:
         """The stored features of `path`, or None when none are stored (or they cannot be read)."""

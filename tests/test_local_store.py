@@ -4,6 +4,7 @@ index, and `query --regions` verifies against them instead of decoding every ref
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import sqlite3
 
@@ -144,3 +145,41 @@ def test_query_regions_reads_references_features_instead_of_their_files(tmp_path
         assert abs(float(a["score"]) - float(b["score"])) < 0.02
     top = {r["query_path"].split("/")[-1]: r["reference_path"].split("/")[-1] for r in rows_regions if r["rank"] == "1"}
     assert sum(top[f"q{s}.jpg"] == f"r{s}.jpg" for s in range(3)) >= 2
+
+
+def test_a_damaged_features_file_is_replaced_and_search_still_works(tmp_path):
+    folder, idx = tmp_path / "refs", tmp_path / "idx"
+    for s in range(3):
+        make_photo(folder / f"r{s}.jpg", size=(320, 240), seed=40 + s)
+    api.index_folder(folder, index_dir=idx, extraction=X0, regions=True)
+    path = IndexStore(idx).local_features_path
+    path.write_bytes(b"this is no database " * 200)
+    assert LocalFeatureReader.open(path) is None  # a reader falls back to computing features
+    api.query_folder(folder, index_dir=idx, output=tmp_path / "out", threshold=-1, top_k=2, extraction=X0,
+                     report=False, regions=True)
+    assert read_rows(tmp_path / "out" / "matches.csv")
+    make_photo(folder / "new.jpg", size=(320, 240), seed=77)
+    # The writer replaces it; the images it described are embedded again to get theirs.
+    summary = api.index_folder(folder, index_dir=idx, extraction=X0, regions=True)
+    assert summary.embedded == 4
+    assert stored_paths(idx) == {str(p.resolve()) for p in folder.iterdir()}
+    path.unlink()  # lost: the same
+    assert api.index_folder(folder, index_dir=idx, extraction=X0, regions=True).embedded == 4
+    assert api.index_folder(folder, index_dir=idx, extraction=X0, regions=True).embedded == 0
+
+
+@pytest.mark.parametrize("message, code", [("database or disk is full", errno.ENOSPC),
+                                           ("attempt to write a readonly database", errno.EROFS),
+                                           ("unable to open database file", errno.EACCES)])
+def test_sqlite_write_failures_become_the_os_errors_they_are(tmp_path, message, code):
+    from copyscan.local_store import _as_os_errors
+    from copyscan.oserrors import writing
+    from copyscan.errors import WriteError
+
+    with pytest.raises(OSError) as raised, _as_os_errors(tmp_path / "f.sqlite"):
+        raise sqlite3.OperationalError(message)
+    assert raised.value.errno == code and raised.value.filename == str(tmp_path / "f.sqlite")
+    with pytest.raises(WriteError), writing(tmp_path / "f.sqlite", "--index-dir"), _as_os_errors(tmp_path / "f.sqlite"):
+        raise sqlite3.OperationalError(message)
+    with pytest.raises(sqlite3.OperationalError), _as_os_errors(tmp_path / "f.sqlite"):
+        raise sqlite3.OperationalError("no such table: features")  # a bug stays a bug
