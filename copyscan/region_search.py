@@ -24,7 +24,8 @@ BENCHMARKS.md "Regions"):
 * query crops for queries whose best whole-image score is in [`crop_from`, `crop_below`)
   (uncertain: a pasted copy scores low against its reference; a query that resembles nothing at
   all is no copy as a rule, and its crop finds nothing either);
-* verification of a query's best match when it scores in the uncertain band `verify_band` (to
+* verification of a query's best match when it scores in the uncertain band (`verify_band`, or
+  `unstored_band` where the references' local features are not stored in the index; to
   lift a copy the descriptor doubts), when a crop won it (to place the box), and, with a
   threshold, when it is reported below `place_below` (to place the box).
 """
@@ -481,7 +482,8 @@ def verify_uncertain(loaded, rows: np.ndarray, descriptors: np.ndarray, item_of_
                      progress: bool = False) -> int:
     """Lift pairs the descriptors doubt, as `query --regions` does: each image that `found` (the
     pairs at `threshold`) leaves ungrouped gets its best partner scoring in
-    [verify_band low, threshold) verified, and a pair whose inliers reach the floor joins `found`
+    [the band's low end, threshold) verified (RegionSettings.band: wider where the index stores
+    the images' local features), and a pair whose inliers reach the floor joins `found`
     with its verified score (anchored at the index's default threshold) and boxes. Returns how
     many pairs were added."""
     s = settings or RegionSettings()
@@ -613,7 +615,8 @@ def best_with_regions(sims: np.ndarray, paths: list[str], references: np.ndarray
     """Query x reference cosines raised as `query --regions` raises them (plain cosines: no
     post-processing): by the query crops of rows whose best score is in [`crop_from`, `crop_below`), then,
     given the references' paths, by verifying each row's best match where the Refiner would
-    (without a threshold: in `verify_band`, or won by a crop from `place_from`), verified scores
+    (without a threshold: in `verify_band`, the band of an index with stored features, or won by
+    a crop from `place_from`), verified scores
     anchored at `anchor` (default: the default threshold)."""
     from .score import DEFAULT_THRESHOLD
 
