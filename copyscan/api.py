@@ -393,11 +393,12 @@ def _grouped(loaded: LoadedIndex, store: IndexStore, table, full, rows, in_root,
         all_rows = np.nonzero(in_root & (item_of_row >= 0))[0].astype(np.int64)
         all_descriptors = descriptors_of(full.take(all_rows))
         found = region_collection_pairs(loaded, all_rows, all_descriptors, item_of_row, threshold)
+        stored = stored_features(loaded)  # each image's local features, where index --regions kept them
         if regions:
-            place_boxes(found, paths, stored=stored_features(loaded))
+            place_boxes(found, paths, stored=stored)
         if verify:  # after place_boxes: a verified pair already has its box
             verify_uncertain(loaded, all_rows, all_descriptors, item_of_row, found, paths, threshold,
-                             progress=progress)
+                             progress=progress, stored=stored)
         pairs = found.pairs()
     else:
         pairs = collection_pairs(loaded, rows, descriptors_of(table), threshold)

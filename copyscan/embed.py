@@ -95,7 +95,8 @@ class _Files(Dataset):
             return i, None, reason
         meta = (d.width, d.height, d.content_hash, d.pixel_hash)
         if self.local_features:
-            # None when OpenCV cannot describe it: verification then computes them itself.
+            # None only on an unexpected error: the writer then drops the file's old features,
+            # and verification computes them itself.
             local, _ = or_reason(_local_features, entry.path)
             meta = (*meta, local)
         if self.boxes:
@@ -111,7 +112,7 @@ def _local_features(path: str) -> bytes:
     the model's succeeded, so that the next `index --regions` does not embed it again for them."""
     from .local_features import Features, file_features
 
-    features = file_features(path) or Features(np.zeros((0, 2), np.float32), None, 0, 0)
+    features = file_features(path) or Features.empty()
     return features.to_bytes()
 
 

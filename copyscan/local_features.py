@@ -54,6 +54,11 @@ class Features:
     width: int  # of the image the features were computed on
     height: int
 
+    @classmethod
+    def empty(cls, width: int = 0, height: int = 0) -> "Features":
+        """No keypoints (an image OpenCV could not read, or with no corners)."""
+        return cls(np.zeros((0, 2), np.float32), None, width, height)
+
     def to_bytes(self) -> bytes:
         """About 36 bytes a keypoint: positions as 16-bit fractions (1/65535 of a side is a
         hundredth of a pixel at FEATURE_SIDE), then the 32-byte descriptors."""
@@ -68,7 +73,7 @@ class Features:
         if len(data) != _HEADER.size + n * (4 + 32):
             raise ValueError(f"stored local features of {len(data)} bytes, not {_HEADER.size + n * 36}")
         if n == 0:
-            return cls(np.zeros((0, 2), np.float32), None, width, height)
+            return cls.empty(width, height)
         at = _HEADER.size
         points = np.frombuffer(data, "<u2", 2 * n, at).reshape(n, 2).astype(np.float32) / 65535.0
         descriptors = np.frombuffer(data, np.uint8, 32 * n, at + 4 * n).reshape(n, 32).copy()

@@ -85,17 +85,17 @@ class RegionSettings:
     # Queries refined together (crops batched): a chunk's pairs are verified while the next chunk
     # is embedded (256 and 512 measured alike: 1.89-1.94x plain, BENCHMARKS.md "Regions").
     chunk: int = 512
-    def band(self, stored: bool) -> tuple[float, float] | None:
-        """The verify band where the references' features are stored, or not."""
-        if self.verify_band is None or stored or self.unstored_band is None:
-            return self.verify_band
-        return self.unstored_band
-
     # Score the query's whole image against the references' region rows (index --regions) too.
     # Off: on the dev benchmark they added 0.0003-0.0025 micro AP to the query crops for twice
     # the index (alone they cost 0.003; BENCHMARKS.md "Regions"). Region rows serve dedupe, where
     # every image is also a query.
     reference_regions: bool = False
+
+    def band(self, stored: bool) -> tuple[float, float] | None:
+        """The verify band where the references' features are stored, or not."""
+        if self.verify_band is None or stored or self.unstored_band is None:
+            return self.verify_band
+        return self.unstored_band
 
 
 VERIFIED_MAX_ABOVE = 0.24  # a verified score stays below the threshold + this (0.99 at 0.75)
@@ -479,15 +479,14 @@ def _box_of(rows: RowTable, row: int) -> Box:
 
 def verify_uncertain(loaded, rows: np.ndarray, descriptors: np.ndarray, item_of_row: np.ndarray, found: RegionPairs,
                      paths: list[str], threshold: float, settings: RegionSettings | None = None,
-                     progress: bool = False) -> int:
+                     progress: bool = False, stored=None) -> int:
     """Lift pairs the descriptors doubt, as `query --regions` does: each image that `found` (the
     pairs at `threshold`) leaves ungrouped gets its best partner scoring in
     [the band's low end, threshold) verified (RegionSettings.band: wider where the index stores
     the images' local features), and a pair whose inliers reach the floor joins `found`
     with its verified score (anchored at the index's default threshold) and boxes. Returns how
-    many pairs were added."""
+    many pairs were added. `stored`: the index's stored local features (`stored_features`) or None."""
     s = settings or RegionSettings()
-    stored = stored_features(loaded)
     band = s.band(stored is not None)
     if band is None or not len(rows):
         return 0

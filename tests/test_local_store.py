@@ -50,7 +50,7 @@ def test_features_round_trip_keeps_what_verification_needs():
     a, b = verify(features_of(query), f), verify(features_of(query), back)
     assert a is not None and b is not None and abs(a.inliers - b.inliers) <= 2
     assert np.allclose(a.query_box, b.query_box, atol=0.01)
-    empty = Features(np.zeros((0, 2), np.float32), None, 40, 30)
+    empty = Features.empty(40, 30)
     again = Features.from_bytes(empty.to_bytes())
     assert again.descriptors is None and (again.width, again.height) == (40, 30)
     with pytest.raises(ValueError):
