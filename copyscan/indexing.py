@@ -236,6 +236,9 @@ def commit(store: IndexStore, info: ModelInfo, roots: list[str], skipped: int,
     rows = store.live_rows(["region"])
     region_rows = int(np.count_nonzero(rows.table.column("region").fill_null(0).to_numpy(zero_copy_only=False)))
     count = len(rows)
+    # index --regions: the live paths (already read here) say which stored features stay.
+    live = ({os.fsdecode(p) for p in rows.table.column("path_bytes").to_pylist()}
+            if store.local_features_path.exists() else None)
     scratch = store.scratch_vectors_path()
     try:
         dim = references_of(post, np.eye(1, store.stored_model().dim, dtype=np.float32)).shape[1]
@@ -252,12 +255,12 @@ def commit(store: IndexStore, info: ModelInfo, roots: list[str], skipped: int,
         del vectors
     finally:
         scratch.unlink(missing_ok=True)
-    if store.local_features_path.exists():  # index --regions: features of removed images dropped
+    if live is not None:  # index --regions: features of removed images dropped
         from .local_store import LocalFeatureWriter
 
         local = LocalFeatureWriter(store.local_features_path)
         with writing(store.local_features_path, "--index-dir"):
-            local.keep_only(store.known_files())
+            local.keep_only(live)
         local.close()
     meta = store.save_faiss(index, choice.factory, choice.reason, choice.nprobe, count,
                             describe_score(store.postprocess_entry()), margin=margin, kind_name=choice.kind)

@@ -126,6 +126,14 @@ def paste(ref: Image.Image, background: Image.Image, fill: float, rng) -> tuple[
     return bg, (x / bg.width, y / bg.height, (x + w) / bg.width, (y + h) / bg.height)
 
 
+def read_rows(path) -> list[dict]:
+    """The rows of a CSV report (pairs.csv, skipped.csv, ...) as dicts keyed by the header."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
 def make_pasted_copies(refs: Path, queries: Path, n_refs: int, n_queries: int, seed: int, fill: float) -> None:
     """`n_refs` photos r0.jpg... (480x360) in `refs` and, in `queries`, q0.jpg...: the first
     `n_queries` of them pasted onto another photo (800x600) at `fill`, 0.05 more for each."""

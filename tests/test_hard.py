@@ -264,3 +264,40 @@ def test_sigterm_saves_the_state_of_every_step_done(train_photos, tiny_model_pat
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is the run's only while it runs
     state = torch.load(tmp_path / "t" / "state.pt", map_location="cpu", weights_only=True)
     assert state["step"] == 3
+
+
+def test_match_term_learns_the_teachers_view_embeddings_and_resumes(train_photos, tiny_model_path,
+                                                                     other_model_path, tmp_path):
+    """L_match alone, another model as the teacher of each hard view. The ridge start already
+    points the head where the teacher does (the tiny random teacher embeds every photo alike, so
+    the fit is near exact); from a scrambled head a few steps lower the loss; a resumed run
+    continues with the head it saved, loss for loss."""
+    kw = dict(teacher=str(other_model_path), w_con=0.0, w_rel=0.0, w_align=0.0, w_match=1.0, lr=0.05,
+              holdout_every=0, steps=10, batch_size=8, bank_size=16, queue_size=16)
+    fitted = HardRun(tiny_config(train_photos, tmp_path / "fit", tiny_model_path, **kw))
+    assert fitted.match_head is not None and fitted.view_teacher is not None
+    fitted.run(stop_after=1)
+    assert read_jsonl(tmp_path / "fit" / "metrics.jsonl")[0]["match"] < 0.05
+
+    def scrambled(out):
+        run = HardRun(tiny_config(train_photos, out, tiny_model_path, **kw))
+        torch.nn.init.normal_(run.match_head.weight, generator=torch.Generator().manual_seed(0))
+        return run
+
+    scrambled(tmp_path / "m").run()
+    match = [r["match"] for r in read_jsonl(tmp_path / "m" / "metrics.jsonl")]
+    assert match[0] > 0.3 and np.mean(match[-3:]) < 0.7 * np.mean(match[:3])
+    scrambled(tmp_path / "s").run(stop_after=5)
+    HardRun(tiny_config(train_photos, tmp_path / "s", tiny_model_path, **kw), resume=True).run()
+    split = [r["match"] for r in read_jsonl(tmp_path / "s" / "metrics.jsonl")]
+    assert split == pytest.approx(match, rel=1e-4, abs=1e-5)
+    # The exported model is the plain student: the head is training's own.
+    from copyscan.models.checkpoint import load_checkpoint
+
+    exported = load_checkpoint(str(tmp_path / "m" / "model.safetensors"), "cpu").net.state_dict()
+    assert not any("match" in k for k in exported)
+
+
+def test_rel_anchor_is_checked(train_photos, tiny_model_path, tmp_path):
+    with pytest.raises(Exception, match="rel-anchor"):
+        HardRun(tiny_config(train_photos, tmp_path / "x", tiny_model_path, rel_anchor="both"))

@@ -3,7 +3,6 @@ index, and `query --regions` verifies against them instead of decoding every ref
 
 from __future__ import annotations
 
-import csv
 import errno
 import os
 import sqlite3
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_pasted_copies, make_photo, photo_array
+from conftest import make_pasted_copies, make_photo, photo_array, read_rows
 
 import copyscan.api as api
 from copyscan import region_search
@@ -30,11 +29,6 @@ def stored_paths(index_dir) -> set[str]:
     path = IndexStore(index_dir).local_features_path
     with sqlite3.connect(path) as db:
         return {p for (p,) in db.execute("SELECT path FROM features")}
-
-
-def read_rows(path):
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 def test_features_round_trip_keeps_what_verification_needs():

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import make_pasted_copies, make_photo, paste, photo_array
+from conftest import make_pasted_copies, make_photo, paste, photo_array, read_rows
 
 import copyscan.api as api
 from copyscan.extraction import Extraction
@@ -27,11 +27,6 @@ from copyscan.verify import verify
 
 
 X0 = Extraction(workers=0)  # decode in this process: a few images do not pay for worker start-up
-
-
-def read_rows(path):
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 # ---- boxes -----------------------------------------------------------------------------------------

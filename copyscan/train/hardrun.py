@@ -15,6 +15,13 @@ once (`teacher_orig.npy`); every step the student sees a fresh hard view of it
   instance-classification attempt destroyed.
 * L_align (weight 1): 1 - cos(hard view, the momentum encoder's key of the same photo, mostly
   the plain photo as `index` sees it): invariance to the framing, with no negatives;
+* L_match (function matching, off by default): the teacher also embeds each hard VIEW as the
+  student sees it (the same pixels, `teacher_size`), and a linear head on the student's GeM
+  feature must point where the teacher's embedding does: 1 - cos(head(f_view), teacher(view)).
+  The teacher's knowledge of screenshots and pastes then reaches the trunk view by view, not only
+  as "be like the original". The head is started by a ridge fit of the start's features of
+  training originals to the teacher's embeddings, so its first gradients are not noise, and
+  learns at `match_head_lr` times the trunk's rate. The head is not part of the exported model.
 * L_con (MoCo v2, T 0.07, weight 0.3) and L_hn (RDCD's -log(1 - nearest negative), off by
   default): measured here, RDCD's weights (con 1, hn 5) at lr 0.01 made the held-out scores
   FALL within 50 steps (hard micro AP 0.404 -> 0.296, plain 0.677 -> 0.639): with 4,500 photos of
@@ -52,6 +59,7 @@ from .losses import EmbeddingQueue, hard_negative, moco_contrast, relational_kl
 from .loop import step_seed
 from .checkpointing import stop_signals_interrupt
 from .student import momentum_twin, momentum_update
+from .teacher import load_teacher, to_size
 
 QUERY, KEY, OTHER = 0, 1, 2
 
@@ -81,6 +89,9 @@ class HardConfig:
     w_hn: float = 0.0
     w_align: float = 1.0  # 1 - cos(hard view, its key): invariance without negatives
     rel_space: str = "embedding"  # "embedding" (the shipped descriptor) or "feature" (GeM output)
+    rel_anchor: str = "original"  # the teacher's side of L_rel: "original" (cached) or "view" (per step)
+    w_match: float = 0.0  # 1 - cos(head(student feature of the view), teacher(view))
+    match_head_lr: float = 10.0  # the match head's lr as a multiple of the trunk's
     p_plain_key: float = 0.5  # the key view is the plain photo this often, else a mild SSCD view
     framings: dict = field(default_factory=lambda: {"plain": 0.4, "paste_into": 0.2, "paste_over": 0.1,
                                                      "screenshot": 0.2, "chat": 0.1})
@@ -227,15 +238,23 @@ class HardRun:
         self.queue = EmbeddingQueue(min(c.queue_size, len(self.paths) - c.batch_size), dim, torch.device("cpu"))
         self.t_bank = EmbeddingQueue(c.bank_size, self.teacher.shape[1], torch.device("cpu"))
         self.s_bank = EmbeddingQueue(c.bank_size, bank_dim, torch.device("cpu"))
-        params = [p for p in self.net.parameters() if p.requires_grad]
+        if c.rel_anchor not in ("original", "view"):
+            raise ModelUnavailable(f"--rel-anchor must be 'original' or 'view', not {c.rel_anchor!r}")
+        self.view_teacher = load_teacher(c.teacher, "cpu") if (c.w_match or c.rel_anchor == "view") else None
+        self.match_head = nn.Linear(self.net.feature_dim, self.teacher.shape[1], bias=False) if c.w_match else None
+        params = [{"params": [p for p in self.net.parameters() if p.requires_grad], "lr_scale": 1.0}]
+        if self.match_head is not None:
+            params.append({"params": list(self.match_head.parameters()), "lr_scale": c.match_head_lr})
         self.optimizer = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         self.order = SampleOrder(len(self.paths), c.batch_size, c.seed)
         self.step, self.best, self.best_step = 0, -1.0, -1
-        if resume:
-            self._restore()
         m = torch.tensor(self.mean).view(1, 3, 1, 1) * 255.0
         s = torch.tensor(self.std).view(1, 3, 1, 1) * 255.0
         self.normalise = lambda x: (x.permute(0, 3, 1, 2).float() - m) / s
+        if resume:
+            self._restore()
+        elif self.match_head is not None:
+            self._fit_match_head()
 
     # ------------------------------------------------------------------ state
     def _restore(self) -> None:
@@ -250,14 +269,33 @@ class HardRun:
         self.queue.load_state_dict(state["queue"])
         self.t_bank.load_state_dict(state["teacher_bank"])
         self.s_bank.load_state_dict(state["student_bank"])
+        if self.match_head is not None:
+            self.match_head.load_state_dict(state["match_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.best, self.best_step = int(state["step"]), float(state["best"]), int(state["best_step"])
+
+    @torch.no_grad()
+    def _fit_match_head(self, images: int = 2048, ridge: float = 0.05) -> None:
+        """Least squares from the start's (normalised) features of plain originals to the teacher's."""
+        picks = np.linspace(0, len(self.paths) - 1, min(images, len(self.paths))).astype(int)
+        self.net.eval()
+        feats = []
+        for i in range(0, len(picks), 64):
+            pixels = np.stack([decode_file(os.path.join(self.c.data_dir, self.paths[j]), self.c.image_size).pixels
+                               for j in picks[i:i + 64]])
+            feats.append(F.normalize(self.net.features(self.normalise(torch.from_numpy(pixels))), dim=1))
+        x, y = torch.cat(feats).double(), self.teacher[torch.from_numpy(picks)].double()
+        gram = x.T @ x
+        gram += ridge * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
+        self.match_head.weight.copy_(torch.linalg.solve(gram, x.T @ y).T.float())
 
     def save_state(self) -> None:
         state = {"config": self.c.to_json(), "step": self.step, "best": self.best, "best_step": self.best_step,
                  "student": self.net.state_dict(), "momentum": self.twin.state_dict(), "queue": self.queue.state_dict(),
                  "teacher_bank": self.t_bank.state_dict(), "student_bank": self.s_bank.state_dict(),
                  "optimizer": self.optimizer.state_dict()}
+        if self.match_head is not None:
+            state["match_head"] = self.match_head.state_dict()
         tmp = self.state_path + ".tmp"
         torch.save(state, tmp)
         os.replace(tmp, self.state_path)
@@ -293,7 +331,7 @@ class HardRun:
         c = self.c
         torch.manual_seed(step_seed(c.seed, self.step, 0))
         for g in self.optimizer.param_groups:
-            g["lr"] = lr_at(c, self.step)
+            g["lr"] = lr_at(c, self.step) * g.get("lr_scale", 1.0)
         self.net.train()
         if c.freeze_bn:
             _bn_eval(self.net)
@@ -309,7 +347,14 @@ class HardRun:
             zk = F.normalize(self.twin.projector(fk), dim=1)
         own = self.queue.push(zk)
         negatives = self.queue.scores(z, own)
+        t_view = None
+        if self.view_teacher is not None:
+            # The same pixels the student sees, squashed to the teacher's size (160: as the originals).
+            t_view = F.normalize(torch.from_numpy(np.asarray(self.view_teacher.embed(to_size(query, c.teacher_size)),
+                                                             np.float32)), dim=1)
         raw = {}
+        if c.w_match:
+            raw["match"] = (1.0 - (F.normalize(self.match_head(F.normalize(f, dim=1)), dim=1) * t_view).sum(1)).mean()
         if c.w_con:
             raw["con"] = moco_contrast(z, zk, negatives, c.t_con)
         if c.w_hn:
@@ -319,14 +364,15 @@ class HardRun:
         if c.w_rel:
             t = self.teacher[images]
             own_b = self.t_bank.push(t)
+            anchor = t_view if c.rel_anchor == "view" else t
             if c.rel_space == "embedding":
                 self.s_bank.push(zk)
                 student = self.s_bank.scores(z, own_b)
             else:
                 self.s_bank.push(F.normalize(fk, dim=1))
                 student = self.s_bank.scores(F.normalize(f, dim=1), own_b)
-            raw["rel"] = relational_kl(self.t_bank.scores(t, own_b), student, c.t_rel)
-        weights = {"con": c.w_con, "hn": c.w_hn, "rel": c.w_rel, "align": c.w_align}
+            raw["rel"] = relational_kl(self.t_bank.scores(anchor, own_b), student, c.t_rel)
+        weights = {"con": c.w_con, "hn": c.w_hn, "rel": c.w_rel, "align": c.w_align, "match": c.w_match}
         total = sum(weights[k] * v for k, v in raw.items())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
