@@ -1,10 +1,11 @@
-"""Fine-tuning a student on hard copies with a teacher that saw only the original photos.
+"""Fine-tuning a student on hard copies, with a teacher's view of the originals and of each hard view.
 
 Why this recipe (see training/runs/hard_lite0_128/README.md for the measurements):
 the default missed photos shown small inside something else (screenshots, pastes), which
 `copyscan train`'s SSCD-style views never make, and a teacher pass per view is what limited the
 CPU run to one cached view per photo. Here the teacher (SSCD int8) embeds each plain ORIGINAL
-once (`teacher_orig.npy`); every step the student sees a fresh hard view of it
+once (`teacher_orig.npy`), and with L_match or `rel_anchor="view"` each hard view as it is made
+(at 160 px about 0.16 s a step of 32, a seventh of the step); every step the student sees a fresh hard view of it
 (`copyscan.edits.hard.HardAugment`) and
 
 * L_rel (RDCD's relational distillation, T 0.04): softmax over the similarities of the
