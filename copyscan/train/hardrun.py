@@ -249,13 +249,13 @@ class HardRun:
         self.optimizer = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         self.order = SampleOrder(len(self.paths), c.batch_size, c.seed)
         self.step, self.best, self.best_step = 0, -1.0, -1
-        m = torch.tensor(self.mean).view(1, 3, 1, 1) * 255.0
-        s = torch.tensor(self.std).view(1, 3, 1, 1) * 255.0
-        self.normalise = lambda x: (x.permute(0, 3, 1, 2).float() - m) / s
         if resume:
             self._restore()
         elif self.match_head is not None:
             self._fit_match_head()
+        m = torch.tensor(self.mean).view(1, 3, 1, 1) * 255.0
+        s = torch.tensor(self.std).view(1, 3, 1, 1) * 255.0
+        self.normalise = lambda x: (x.permute(0, 3, 1, 2).float() - m) / s
 
     # ------------------------------------------------------------------ state
     def _restore(self) -> None:
@@ -279,13 +279,10 @@ class HardRun:
     def _fit_match_head(self, images: int = 2048, ridge: float = 0.05) -> None:
         """Least squares from the start's (normalised) features of plain originals to the teacher's."""
         picks = np.linspace(0, len(self.paths) - 1, min(images, len(self.paths))).astype(int)
-        self.net.eval()
-        feats = []
-        for i in range(0, len(picks), 64):
-            pixels = np.stack([decode_file(os.path.join(self.c.data_dir, self.paths[j]), self.c.image_size).pixels
-                               for j in picks[i:i + 64]])
-            feats.append(F.normalize(self.net.features(self.normalise(torch.from_numpy(pixels))), dim=1))
-        x, y = torch.cat(feats).double(), self.teacher[torch.from_numpy(picks)].double()
+        pixels = np.stack([decode_file(os.path.join(self.c.data_dir, self.paths[j]), self.c.image_size).pixels
+                           for j in picks])
+        feats = heldout_mod.run_eval(self.net, pixels, self.mean, self.std, fn=self.net.features)
+        x, y = F.normalize(feats, dim=1).double(), self.teacher[torch.from_numpy(picks)].double()
         gram = x.T @ x
         gram += ridge * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
         self.match_head.weight.copy_(torch.linalg.solve(gram, x.T @ y).T.float())
