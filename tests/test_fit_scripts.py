@@ -66,6 +66,26 @@ def test_more_views_start_with_the_views_of_fewer(scripts, tmp_path):
     assert not np.array_equal(four[1], four[3])
 
 
+def test_teacher_views_are_row_for_row_the_views_the_head_is_fitted_on(scripts, tmp_path):
+    # --rel-anchor view pairs row k of Features.views with the teacher's embedding of that very
+    # image: the teacher pass must see the same views, in the same order, as `collect`.
+    fit_heads, _, _ = scripts
+    for i in range(3):
+        make_photo(tmp_path / f"p{i}.jpg", size=(200, 150), seed=50 + i)
+    paths = sorted(p.name for p in tmp_path.iterdir())
+
+    class MeanColour:  # a stand-in teacher: each image's mean colour and a constant
+        def embed(self, pixels):
+            return np.concatenate([pixels.reshape(len(pixels), -1, 3).mean(1), np.ones((len(pixels), 1))], 1)
+
+    rows = fit_heads.collect_teacher_views(MeanColour(), str(tmp_path), paths, 64, 3, None, 7, 0)
+    assert rows.shape == (9, 4)
+    expected = np.concatenate([fit_heads._Views(str(tmp_path), paths, 64, 3, None, 7)[i][1:] for i in range(3)])
+    want = torch.nn.functional.normalize(torch.from_numpy(MeanColour().embed(expected)).float(), dim=1)
+    assert torch.allclose(rows, want, atol=1e-5)
+    assert torch.allclose(rows.norm(dim=1), torch.ones(9), atol=1e-5)
+
+
 def test_average_of_checkpoints_is_the_mean_of_their_weights(scripts, tmp_path, tiny_model_path):
     _, _, average_checkpoints = scripts
     from copyscan.models.checkpoint import load_checkpoint, read_config, save_checkpoint

@@ -10,6 +10,12 @@ OUT/features.pt (the trunk's pooled features of every training photo and of VIEW
 of each; reused by a rerun with the same checkpoint), OUT/head_DIM.safetensors (the trunk with
 that head, float32: `training/ship_model.py` folds and ships it) and OUT/heads.jsonl (held-out
 scores per epoch). The checkpoint's own projector is scored too, as the bar to beat.
+
+The loss is `copyscan.train.head_fit`'s (relational KL + InfoNCE + the KoLeo entropy term,
+`--w-koleo`, 5 since session 7). `--rel-anchor view` has SSCD int8 embed every view once (about
+200 views/s on 2 cores; cached in OUT, as it depends on the views and not on the checkpoint) and
+takes the relational term's teacher side from the view: +0.005 held-out, -0.013 to +0.004 on the
+dev benchmarks (session 7), so not the default. `--tag` keeps the heads of such variants apart.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -85,6 +92,24 @@ def collect(net, config, root, paths, views, framings, seed, workers, first=0) -
     return head_fit.Features(torch.cat(originals), torch.cat(view_rows), torch.cat(owner))
 
 
+def collect_teacher_views(teacher, root, paths, size, views, framings, seed, workers) -> torch.Tensor:
+    """The teacher's (a model with `embed(uint8 NHWC)`) embeddings of the same VIEWS views of each
+    photo that `collect` pools (the views are made from their seeds, so they are the same pixels),
+    row for row with Features.views."""
+    loader = torch.utils.data.DataLoader(_Views(root, paths, size, views, framings, seed), batch_size=16,
+                                         num_workers=workers, collate_fn=lambda items: np.stack(items))
+    rows, began, done = [], time.perf_counter(), 0
+    for batch in loader:  # (B, 1 + views, S, S, 3): the originals' embeddings are the run's teacher table
+        # At the student's size, as train_hard.py's per-view teacher and its table of the originals.
+        rows.append(F.normalize(torch.from_numpy(np.asarray(teacher.embed(batch[:, 1:].reshape(-1, size, size, 3)),
+                                                            np.float32)), dim=1))
+        done += batch.shape[0]
+        if done % 480 == 0:
+            print(f"teacher views: {done}/{len(paths)} photos, {done * views / (time.perf_counter() - began):.1f} views/s",
+                  flush=True)
+    return torch.cat(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
@@ -97,6 +122,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--w-con", type=float, default=2.0)
     ap.add_argument("--w-rel-orig", type=float, default=0.0)
+    ap.add_argument("--rel-anchor", choices=("original", "view"), default="original",
+                    help="the teacher's side of the relational term: the view's original, or the view itself "
+                         "(the teacher embeds every view once; cached in OUT)")
+    ap.add_argument("--w-koleo", type=float, default=head_fit.HeadSettings.w_koleo,
+                    help="weight of the entropy term spreading the originals (0: off, as before session 7)")
+    ap.add_argument("--tag", default="", help="suffix of the head files (head_DIM{TAG}.safetensors), to keep variants apart")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
@@ -126,6 +157,20 @@ def main() -> None:
             feats = head_fit.Features(old.originals, torch.cat([old.views, feats.views]), torch.cat([old.owner, feats.owner]))
         feats.save(str(cache))
         print(f"features of {len(paths)} photos x {1 + args.views} in {time.perf_counter() - t:.0f} s", flush=True)
+    teacher_views = None
+    if args.rel_anchor == "view":
+        # Depends on the views only (run seed, framings, size), not on the checkpoint.
+        tcache = Path(args.out, f"teacher-views-{run['teacher']}-s{run['seed']}-v{args.views}.pt")
+        if tcache.exists():
+            teacher_views = torch.load(tcache, weights_only=True)
+        else:
+            t = time.perf_counter()
+            from copyscan.train.teacher import load_teacher
+
+            teacher_views = collect_teacher_views(load_teacher(run["teacher"], "cpu"), args.data_dir, paths, int(config["input_size"]),
+                                                  args.views, run["framings"], int(run["seed"]), args.workers)
+            torch.save(teacher_views, tcache)
+            print(f"teacher's views of {len(paths)} photos x {args.views} in {time.perf_counter() - t:.0f} s", flush=True)
     held_set = heldout.HeldOut.load(str(Path(args.run, "heldout.npz")))
     held = {k: head_fit.pooled(net, getattr(held_set, k), config["mean"], config["std"]) for k in ("refs", "hard", "plain")}
     held.update(n_copies=held_set.n_copies, kinds=held_set.hard_kinds)
@@ -137,11 +182,12 @@ def main() -> None:
         print(f"own projector ({net.out_dim}-d): hard {own['hard']['micro_ap']:.4f} plain {own['plain']['micro_ap']:.4f}")
         for dim in [int(d) for d in args.dims.split(",")]:
             settings = head_fit.HeadSettings(dim=dim, epochs=args.epochs, lr=args.lr, w_con=args.w_con,
-                                             w_rel_orig=args.w_rel_orig)
+                                             w_rel_orig=args.w_rel_orig, rel_anchor=args.rel_anchor,
+                                             w_koleo=args.w_koleo)
             t = time.perf_counter()
-            result = head_fit.fit_head(feats, teacher, settings, held)
+            result = head_fit.fit_head(feats, teacher, settings, held, teacher_views=teacher_views)
             best = result.log[result.best_epoch]
-            row = {"head": f"fitted {dim}-d", "settings": settings.__dict__, "best_epoch": result.best_epoch,
+            row = {"head": f"fitted {dim}-d{args.tag}", "settings": settings.__dict__, "best_epoch": result.best_epoch,
                    "seconds": round(time.perf_counter() - t, 1), **{k: best[k] for k in ("hard", "plain", "score")},
                    "epochs": [{k: r[k] for k in r if k not in ("hard", "plain")} | {"hard": r["hard"]["micro_ap"],
                               "plain": r["plain"]["micro_ap"]} for r in result.log]}
@@ -150,7 +196,7 @@ def main() -> None:
             print(f"{dim}-d: best epoch {result.best_epoch}: hard {best['hard']['micro_ap']:.4f} "
                   f"plain {best['plain']['micro_ap']:.4f} ({row['seconds']} s)", flush=True)
             target = head_fit.with_head(copy.deepcopy(net), result.weight, result.bias)  # the same trunk, this head
-            save_checkpoint(target, dict(config, embed_dim=dim), Path(args.out, f"head_{dim}.safetensors"))
+            save_checkpoint(target, dict(config, embed_dim=dim), Path(args.out, f"head_{dim}{args.tag}.safetensors"))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,15 @@ once (`teacher_orig.npy`), and with L_match or `rel_anchor="view"` each hard vie
   FALL within 50 steps (hard micro AP 0.404 -> 0.296, plain 0.677 -> 0.639): with 4,500 photos of
   10 classes, MoCo's negatives are an instance classification of near neighbours, the failure
   the issue had seen with a teacher-space classifier. A trained start needs no anti-collapse
-  push, so the negatives are kept light.
+  push, so the negatives are kept light. Later, on a trunk already trained for hard views
+  (session 7, run v14: hn 1 at lr 0.001 with the view-anchored L_rel), L_hn paid: it is KoLeo's
+  entropy term measured against the queue (-log(1 - s) = -log(distance^2 / 2) for unit
+  vectors), it pushes each view away from its nearest OTHER photo, and so lowers the best score
+  a non-copy gets. Micro AP pools all queries' matches into one ranking, so that score counts:
+  held-out 0.775 -> 0.789 in 600 steps.
+* Which of session 6's per-view levers carried its gain (runs v10, v12, v13): the view-anchored
+  L_rel. L_match adds nothing measurable on top of it (v13, the view anchor alone, tracked v10
+  within the checks' noise), so it stays for ablations and is off in the recipe since.
 
 Everything needed to continue is in RUN/state.pt (student, momentum encoder, queue, banks,
 optimizer, step, best score); the data of step s is a function of (seed, s) alone. Every
