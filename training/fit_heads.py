@@ -15,7 +15,8 @@ The loss is `copyscan.train.head_fit`'s (relational KL + InfoNCE + the KoLeo ent
 `--w-koleo`, 5 since session 7). `--rel-anchor view` has SSCD int8 embed every view once (about
 200 views/s on 2 cores; cached in OUT, as it depends on the views and not on the checkpoint) and
 takes the relational term's teacher side from the view: +0.005 held-out, -0.013 to +0.004 on the
-dev benchmarks (session 7), so not the default. `--tag` keeps the heads of such variants apart.
+dev benchmarks (session 7), so not the default. `--w-hn`, `--t-con` and `--koleo-sample` are the
+other variants measured there (none beat KoLeo alone). `--tag` keeps the heads of variants apart.
 """
 
 from __future__ import annotations
@@ -127,6 +128,10 @@ def main() -> None:
                          "(the teacher embeds every view once; cached in OUT)")
     ap.add_argument("--w-koleo", type=float, default=head_fit.HeadSettings.w_koleo,
                     help="weight of the entropy term spreading the originals (0: off, as before session 7)")
+    ap.add_argument("--koleo-sample", type=int, default=head_fit.HeadSettings.koleo_sample,
+                    help="originals a step that the entropy term spreads")
+    ap.add_argument("--w-hn", type=float, default=0.0, help="weight of -log(1 - a view's best score against other photos)")
+    ap.add_argument("--t-con", type=float, default=head_fit.HeadSettings.t_con)
     ap.add_argument("--tag", default="", help="suffix of the head files (head_DIM{TAG}.safetensors), to keep variants apart")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0)
@@ -183,7 +188,8 @@ def main() -> None:
         for dim in [int(d) for d in args.dims.split(",")]:
             settings = head_fit.HeadSettings(dim=dim, epochs=args.epochs, lr=args.lr, w_con=args.w_con,
                                              w_rel_orig=args.w_rel_orig, rel_anchor=args.rel_anchor,
-                                             w_koleo=args.w_koleo)
+                                             w_koleo=args.w_koleo, koleo_sample=args.koleo_sample, w_hn=args.w_hn,
+                                             t_con=args.t_con)
             t = time.perf_counter()
             result = head_fit.fit_head(feats, teacher, settings, held, teacher_views=teacher_views)
             best = result.log[result.best_epoch]

@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import heldout as heldout_mod
-from .losses import koleo, relational_kl
+from .losses import hard_negative, koleo, relational_kl
 
 
 @dataclass
@@ -74,6 +74,7 @@ class HeadSettings:
     rel_anchor: str = "original"  # "view": the teacher's similarities of each view, not of its original
     w_koleo: float = 5.0  # dev hard micro AP 0.734 -> 0.748 on the v10 trunk (10: the same, 20: 0.745)
     koleo_sample: int = 1024  # originals a step that the entropy term spreads
+    w_hn: float = 0.0  # -log(1 - a view's best score against the OTHER originals): RDCD's L_hn
     seed: int = 0
 
 
@@ -177,7 +178,9 @@ def fit_head(feats: Features, teacher: torch.Tensor, s: HeadSettings, held: dict
             if s.w_koleo:
                 pick = torch.randperm(n)[:s.koleo_sample]
                 terms["koleo"] = koleo(o[pick], o[pick])  # the same rows twice: each one's nearest OTHER photo
-            weights = {"con": s.w_con, "rel": s.w_rel, "rel_orig": s.w_rel_orig, "koleo": s.w_koleo}
+            if s.w_hn:
+                terms["hn"] = hard_negative(sims.masked_fill(own_slot, float("-inf")))
+            weights = {"con": s.w_con, "rel": s.w_rel, "rel_orig": s.w_rel_orig, "koleo": s.w_koleo, "hn": s.w_hn}
             loss = sum(weights[k] * v_ for k, v_ in terms.items())
             opt.zero_grad(set_to_none=True)
             loss.backward()
