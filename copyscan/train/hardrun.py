@@ -33,7 +33,8 @@ once (`teacher_orig.npy`), and with L_match or `rel_anchor="view"` each hard vie
   entropy term measured against the queue (-log(1 - s) = -log(distance^2 / 2) for unit
   vectors), it pushes each view away from its nearest OTHER photo, and so lowers the best score
   a non-copy gets. Micro AP pools all queries' matches into one ranking, so that score counts:
-  held-out 0.775 -> 0.789 in 600 steps.
+  held-out 0.775 -> 0.789 in 600 steps, dev benchmark 0.748 -> 0.760 under the KoLeo heads that
+  ship on it (the shipped trunk).
 * Which of session 6's per-view levers carried its gain (runs v10, v12, v13): the view-anchored
   L_rel. L_match adds nothing measurable on top of it (v13, the view anchor alone, tracked v10
   within the checks' noise), so it stays for ablations and is off in the recipe since.
