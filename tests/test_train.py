@@ -78,6 +78,9 @@ def test_sscd_losses_prefer_matching_views_and_spread():
     assert info_nce(a, a, 0.05) < info_nce(a, b, 0.05)
     collapsed = F.normalize(torch.ones(6, 8) + 0.01 * a, dim=1)
     assert koleo(a, a) < koleo(collapsed, collapsed)
+    # One embedding per instance: each row's nearest OTHER row, as with the rows given twice.
+    assert torch.allclose(koleo(a), koleo(a, a), atol=1e-6)
+    assert torch.allclose(koleo(collapsed), koleo(collapsed, collapsed), atol=1e-6)
 
 
 def test_mix_keys_keeps_most_of_each_own_image():

@@ -73,13 +73,26 @@ class _Views(torch.utils.data.Dataset):
         return np.stack(out)
 
 
+def _photo_batches(dataset: _Views, workers: int, label: str, per_photo: int):
+    """Batches (B, 1 + VIEWS, S, S, 3) of `dataset`, in photo order, with a progress line every
+    480 photos (`per_photo` images of each counted in the rate)."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=16, num_workers=workers,
+                                         collate_fn=lambda items: np.stack(items))
+    began, done = time.perf_counter(), 0
+    for batch in loader:
+        yield batch
+        done += batch.shape[0]
+        if done % 480 == 0:
+            print(f"{label}: {done}/{len(dataset)} photos, {done * per_photo / (time.perf_counter() - began):.1f} "
+                  f"images/s", flush=True)
+
+
 def collect(net, config, root, paths, views, framings, seed, workers, first=0) -> head_fit.Features:
     size = int(config["input_size"])
-    loader = torch.utils.data.DataLoader(_Views(root, paths, size, views, framings, seed, first), batch_size=16,
-                                         num_workers=workers, collate_fn=lambda items: np.stack(items))
     originals, view_rows, owner = [], [], []
-    began, done = time.perf_counter(), 0
-    for batch in loader:  # (B, 1 + views, S, S, 3)
+    done = 0
+    dataset = _Views(root, paths, size, views, framings, seed, first)
+    for batch in _photo_batches(dataset, workers, "features", 1 + views):  # (B, 1 + views, S, S, 3)
         b = batch.shape[0]
         f = head_fit.pooled(net, batch.reshape(-1, size, size, 3), config["mean"], config["std"])
         f = f.view(b, 1 + views, -1)
@@ -87,9 +100,6 @@ def collect(net, config, root, paths, views, framings, seed, workers, first=0) -
         view_rows.append(f[:, 1:].reshape(b * views, -1))
         owner.append(torch.arange(done, done + b).repeat_interleave(views))
         done += b
-        if done % 480 == 0:
-            print(f"features: {done}/{len(paths)} photos, {done * (1 + views) / (time.perf_counter() - began):.1f} images/s",
-                  flush=True)
     return head_fit.Features(torch.cat(originals), torch.cat(view_rows), torch.cat(owner))
 
 
@@ -97,17 +107,13 @@ def collect_teacher_views(teacher, root, paths, size, views, framings, seed, wor
     """The teacher's (a model with `embed(uint8 NHWC)`) embeddings of the same VIEWS views of each
     photo that `collect` pools (the views are made from their seeds, so they are the same pixels),
     row for row with Features.views."""
-    loader = torch.utils.data.DataLoader(_Views(root, paths, size, views, framings, seed), batch_size=16,
-                                         num_workers=workers, collate_fn=lambda items: np.stack(items))
-    rows, began, done = [], time.perf_counter(), 0
-    for batch in loader:  # (B, 1 + views, S, S, 3): the originals' embeddings are the run's teacher table
-        # At the student's size, as train_hard.py's per-view teacher and its table of the originals.
+    rows = []
+    dataset = _Views(root, paths, size, views, framings, seed)
+    for batch in _photo_batches(dataset, workers, "teacher views", views):
+        # The originals' embeddings are the run's teacher table; the views at the student's size,
+        # as train_hard.py's per-view teacher and its table of the originals.
         rows.append(F.normalize(torch.from_numpy(np.asarray(teacher.embed(batch[:, 1:].reshape(-1, size, size, 3)),
                                                             np.float32)), dim=1))
-        done += batch.shape[0]
-        if done % 480 == 0:
-            print(f"teacher views: {done}/{len(paths)} photos, {done * views / (time.perf_counter() - began):.1f} views/s",
-                  flush=True)
     return torch.cat(rows)
 
 
@@ -130,7 +136,7 @@ def main() -> None:
                     help="weight of the entropy term spreading the originals (0: off, as before session 7)")
     ap.add_argument("--koleo-sample", type=int, default=head_fit.HeadSettings.koleo_sample,
                     help="originals a step that the entropy term spreads")
-    ap.add_argument("--w-hn", type=float, default=0.0, help="weight of -log(1 - a view's best score against other photos)")
+    ap.add_argument("--w-hn", type=float, default=head_fit.HeadSettings.w_hn, help="weight of -log(1 - a view's best score against other photos)")
     ap.add_argument("--t-con", type=float, default=head_fit.HeadSettings.t_con)
     ap.add_argument("--tag", default="", help="suffix of the head files (head_DIM{TAG}.safetensors), to keep variants apart")
     ap.add_argument("--workers", type=int, default=1)

@@ -177,7 +177,7 @@ def fit_head(feats: Features, teacher: torch.Tensor, s: HeadSettings, held: dict
                                                   (o[pick] @ o.T).masked_fill(mask, float("-inf")), s.t_rel)
             if s.w_koleo:
                 pick = torch.randperm(n)[:s.koleo_sample]
-                terms["koleo"] = koleo(o[pick], o[pick])  # the same rows twice: each one's nearest OTHER photo
+                terms["koleo"] = koleo(o[pick])  # each original's nearest OTHER original
             if s.w_hn:
                 terms["hn"] = hard_negative(sims.masked_fill(own_slot, float("-inf")))
             weights = {"con": s.w_con, "rel": s.w_rel, "rel_orig": s.w_rel_orig, "koleo": s.w_koleo, "hn": s.w_hn}

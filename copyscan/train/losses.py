@@ -109,11 +109,15 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
     return F.cross_entropy(sim, target)
 
 
-def koleo(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """-mean log(distance to the nearest embedding of another instance) (Sablayrolles et al.)."""
-    z = torch.cat([a, b]).float()
+def koleo(a: torch.Tensor, b: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
+    """-mean log(distance to the nearest embedding of another instance) (Sablayrolles et al.).
+
+    `a`, `b`: two views of the same n instances; `b=None`: one embedding per instance (the same
+    value as `koleo(a, a)`, on an n x n distance matrix instead of 2n x 2n)."""
     n = a.shape[0]
-    instance = torch.cat([torch.arange(n), torch.arange(n)]).to(z.device)
+    z = a.float() if b is None else torch.cat([a, b]).float()
+    instance = torch.arange(n) if b is None else torch.cat([torch.arange(n), torch.arange(n)])
+    instance = instance.to(z.device)
     dist = torch.cdist(z, z)
     dist = dist.masked_fill(instance[:, None] == instance[None, :], float("inf"))
     return -torch.log(dist.min(dim=1).values + eps).mean()
