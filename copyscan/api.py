@@ -381,7 +381,8 @@ def _grouped(loaded: LoadedIndex, store: IndexStore, table, full, rows, in_root,
     paths = [it.path for it in items]
     boxed = regions or verify  # pairs that may carry the box of the copy on each side
     if boxed:
-        from .region_search import annotate_groups, place_boxes, region_collection_pairs, stored_features, verify_uncertain
+        from .region_search import (RegionSettings, annotate_groups, place_boxes, region_collection_pairs, stored_features,
+                                    verify_uncertain)
 
         item_of_row = np.full(len(in_root), -1, dtype=np.int64)
         item_of_row[rows] = np.arange(len(rows))
@@ -395,7 +396,7 @@ def _grouped(loaded: LoadedIndex, store: IndexStore, table, full, rows, in_root,
         found = region_collection_pairs(loaded, all_rows, all_descriptors, item_of_row, threshold)
         stored = stored_features(loaded)  # each image's local features, where index --regions kept them
         if regions:
-            place_boxes(found, paths, stored=stored)
+            place_boxes(found, paths, stored=stored, place_below=RegionSettings().place_below)
         if verify:  # after place_boxes: a verified pair already has its box
             verify_uncertain(loaded, all_rows, all_descriptors, item_of_row, found, paths, threshold,
                              progress=progress, stored=stored)

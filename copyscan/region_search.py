@@ -27,7 +27,9 @@ BENCHMARKS.md "Regions"):
 * verification of a query's best match when it scores in the uncertain band (`verify_band`, or
   `unstored_band` where the references' local features are not stored in the index; to
   lift a copy the descriptor doubts), when a crop won it (to place the box), and, with a
-  threshold, when it is reported below `place_below` (to place the box).
+  threshold, when it is reported below `place_below` (to place the box); and of its runner-up
+  when that is in the band too, close behind the best (`runner_up_within`: an unrelated picture
+  may outscore a pasted copy by a hair).
 """
 
 from __future__ import annotations
@@ -78,6 +80,14 @@ class RegionSettings:
     # time (BENCHMARKS.md "Regions"). Without stored features, `unstored_band` (None: the same).
     verify_band: tuple[float, float] | None = (0.30, 0.65)
     unstored_band: tuple[float, float] | None = (0.38, 0.6)
+    # The runner-up (second-best match) is verified too when it is in the band and scores within
+    # this of the best (None: the best only). An unrelated picture can outscore a pasted copy by
+    # a hair: session 7's default scored one 0.545 against a collage whose pasted photo scored
+    # 0.517. On the dev benchmark with that default: best only 0.8580 micro AP, within 0.03 /
+    # 0.05 / 0.10 0.8612 / 0.8634 / 0.8646, any runner-up in the band 0.8646 at 2.1-2.2x plain's
+    # query time against 1.8-1.9x (BENCHMARKS.md "Regions"; the query's features are computed once
+    # for both pairs).
+    runner_up_within: float | None = 0.1
     # A verified pair with at least `inlier_floor` inliers scores at least the index's default
     # threshold, plus `inlier_step` for each doubling of the inliers (verified_score).
     inlier_floor: int = 20
@@ -231,50 +241,60 @@ class Refiner:
 
     def _start_verify(self, pending: Sequence[PendingQuery]) -> "Verifying":
         s = self.settings
-        work: list[tuple[PendingQuery, str, Candidate]] = []  # each query's best match, where it pays
+        # per query, its best match (and runner-up) where verifying pays; one task a query, so
+        # that the query's local features are computed once for both
+        work: list[tuple[PendingQuery, list[tuple[str, Candidate]]]] = []
+        top = None
+        if self._band is not None:
+            # With a threshold, the band reaches up to it: a best match between the band and the
+            # threshold is reported only if its inliers lift it over (a better model puts more
+            # pastes there: 0.6 is above the band, below 0.75).
+            top = max(self._band[1], self.report_floor) if np.isfinite(self.report_floor) else self._band[1]
         for q in pending:
             if not q.candidates:
                 continue
-            ref, c = max(q.candidates.items(), key=lambda t: t[1].score)
-            uncertain = False
-            if self._band is not None:
-                # With a threshold, the band reaches up to it: a best match between the band and
-                # the threshold is reported only if its inliers lift it over (a better model puts
-                # more pastes there: 0.6 is above the band, below 0.75).
-                top = max(self._band[1], self.report_floor) if np.isfinite(self.report_floor) else self._band[1]
-                uncertain = self._band[0] <= c.score < top
+            (ref, c), runner_up = _best_two(q.candidates)
+            uncertain = top is not None and self._band[0] <= c.score < top
             # Below the threshold too: the inliers may lift it over.
             coarse = c.how == "region" and c.score >= s.place_from
             reported = np.isfinite(self.report_floor) and max(self.report_floor, s.place_from) <= c.score < s.place_below
-            if uncertain or coarse or reported:
-                work.append((q, ref, c))
+            pairs = [(ref, c)] if uncertain or coarse or reported else []
+            if runner_up is not None and top is not None and _close_second(c.score, runner_up[1].score, self._band[0], top, s):
+                pairs.append(runner_up)
+            if pairs:
+                work.append((q, pairs))
         if not work:
             return Verifying(self, [], [])
         if self._pool is None:
             self._pool = _verify_pool()
-        return Verifying(self, work, [self._pool.submit(self._verify_pair, q.path, ref) for q, ref, _ in work])
+        return Verifying(self, work, [self._pool.submit(self._verify_query, q.path, [ref for ref, _ in pairs])
+                                      for q, pairs in work])
 
-    def _apply(self, work: list[tuple[PendingQuery, str, Candidate]], found: list) -> None:
+    def _apply(self, work: list[tuple[PendingQuery, list[tuple[str, Candidate]]]], found: list) -> None:
         s = self.settings
-        for (q, ref, c), (tried, v) in zip(work, found):
-            self.stats["verified_pairs"] += tried
-            if v is None:
-                continue
-            self.stats["verified"] += 1
-            score = verified_score(v.inliers, self.anchor, s)
-            if score is not None and score > c.score:
-                self.stats["lifted"] += 1
-            q.candidates[ref] = Candidate(max(c.score, score if score is not None else c.score), v.query_box,
-                                          v.reference_box, "verified", c.row)
+        for (q, pairs), results in zip(work, found):
+            for (ref, c), (tried, v) in zip(pairs, results):
+                self.stats["verified_pairs"] += tried
+                if v is None:
+                    continue
+                self.stats["verified"] += 1
+                score = verified_score(v.inliers, self.anchor, s)
+                if score is not None and score > c.score:
+                    self.stats["lifted"] += 1
+                q.candidates[ref] = Candidate(max(c.score, score if score is not None else c.score), v.query_box,
+                                              v.reference_box, "verified", c.row)
 
-    def _verify_pair(self, query: str, reference: str):
-        """(1 if both images were readable else 0, the verification or None); runs in a thread."""
+    def _verify_query(self, query: str, references: list[str]) -> list:
+        """Per reference, (1 if both images were readable else 0, the verification or None); runs
+        in a thread."""
         from . import verify as geo
 
-        q, r = _features(query), self._references.get(reference)
-        if q is None or r is None:
-            return 0, None
-        return 1, geo.verify(q, r)
+        q = _features(query)
+        found = []
+        for reference in references:
+            r = None if q is None else self._references.get(reference)
+            found.append((0, None) if q is None or r is None else (1, geo.verify(q, r)))
+        return found
 
 
 class Verifying:
@@ -363,6 +383,18 @@ def query_batches_with_regions(loaded, entries, model, extraction, top_k: int, t
             yield results_of(*in_flight)
     finally:
         refiner.close()
+
+
+def _best_two(candidates: dict[str, Candidate]):
+    """A query's best (path, candidate) and its runner-up (None with one candidate)."""
+    ranked = sorted(candidates.items(), key=lambda t: -t[1].score)[:2]
+    return ranked[0], (ranked[1] if len(ranked) > 1 else None)
+
+
+def _close_second(best: float, second: float, low: float, high: float, settings: RegionSettings) -> bool:
+    """Whether a runner-up scoring `second` (the best `best`) is verified: in [low, high) and within
+    `runner_up_within` of the best."""
+    return settings.runner_up_within is not None and low <= second < high and best - second <= settings.runner_up_within
 
 
 def _features(path: str):
@@ -483,7 +515,8 @@ def verify_uncertain(loaded, rows: np.ndarray, descriptors: np.ndarray, item_of_
     """Lift pairs the descriptors doubt, as `query --regions` does: each image that `found` (the
     pairs at `threshold`) leaves ungrouped gets its best partner scoring in
     [the band's low end, threshold) verified (RegionSettings.band: wider where the index stores
-    the images' local features), and a pair whose inliers reach the floor joins `found`
+    the images' local features), and its runner-up when that scores within
+    `runner_up_within` of the best; a pair whose inliers reach the floor joins `found`
     with its verified score (anchored at the index's default threshold) and boxes. Returns how
     many pairs were added. `stored`: the index's stored local features (`stored_features`) or None."""
     s = settings or RegionSettings()
@@ -503,22 +536,30 @@ def verify_uncertain(loaded, rows: np.ndarray, descriptors: np.ndarray, item_of_
     k = min(loaded.index.ntotal, 3 * table.per_image + 2)
     position = np.full(len(item_of_row), -1, dtype=np.int64)
     position[rows] = np.arange(len(rows))
-    best: dict[int, tuple[float, int, int]] = {}  # ungrouped image -> its best uncertain pair
+    # ungrouped image -> {uncertain partner: its best score over the image's rows}
+    partners: dict[int, dict[int, float]] = {}
     for start in range(0, len(mine), 4096):
         block = mine[start:start + 4096]
         scores, ids = search(loaded.index, pairs_of(loaded.post, descriptors[position[block]]), k)
         for row, s_row, i_row in zip(block.tolist(), scores, ids):
             item = int(item_of_row[row])
+            mine_of = partners.setdefault(item, {})
             for sc, hit in zip(s_row.tolist(), i_row.tolist()):
                 if hit < 0 or sc < band[0]:
                     break  # best first
                 other = int(item_of_row[hit])
                 if other < 0 or other == item or (table.regions[row] and table.regions[hit]) or sc >= threshold:
                     continue  # outside the folder, itself, region-region, or a pair found already
-                if sc > best.get(item, (-np.inf, 0, 0))[0]:
-                    best[item] = (sc, min(item, other), max(item, other))
-                break
-    work = sorted({(a, b) for _, a, b in best.values()})
+                mine_of[other] = max(sc, mine_of.get(other, -np.inf))
+    work_set: set[tuple[int, int]] = set()
+    for item, scored in partners.items():
+        if not scored:
+            continue
+        ranked = sorted(scored.items(), key=lambda t: -t[1])
+        # The best uncertain partner, and the runner-up when close (RegionSettings.runner_up_within).
+        for other, sc in ranked[:1] + [r for r in ranked[1:2] if _close_second(ranked[0][1], r[1], band[0], threshold, s)]:
+            work_set.add((min(item, other), max(item, other)))
+    work = sorted(work_set)
     if not work:
         return 0
     from . import verify as geo
@@ -551,16 +592,23 @@ def verify_uncertain(loaded, rows: np.ndarray, descriptors: np.ndarray, item_of_
     return len(added_first)
 
 
-def place_boxes(pairs: RegionPairs, paths: list[str], limit: int = 100_000, stored=None) -> int:
-    """Refine the coarse crop boxes of region-won pairs by geometric verification; returns how many
-    were verified. Only region-won pairs (a crop box at best) are tried, at most `limit`.
+def place_boxes(pairs: RegionPairs, paths: list[str], limit: int = 100_000, stored=None,
+                place_below: float | None = None) -> int:
+    """Refine the coarse crop boxes of region-won pairs by geometric verification, and with
+    `place_below` place the pairs the whole images won below that score (RegionSettings.place_below:
+    a photo filling most of a screenshot wins as a whole image, yet holds part of its pixels);
+    returns how many were verified, trying at most `limit` pairs, region-won first.
     `stored`: the images' stored features (local_store.LocalFeatureReader) or None."""
     from . import verify as geo
 
     features = FeatureCache(256, stored)
+    todo = list(pairs.boxes)
+    if place_below is not None:
+        todo += [(i, j) for i, j, sc in zip(pairs.first.tolist(), pairs.second.tolist(), pairs.score.tolist())
+                 if sc < place_below and (i, j) not in pairs.boxes]
 
     placed = 0
-    for (i, j) in list(pairs.boxes)[:limit]:
+    for (i, j) in todo[:limit]:
         fi, fj = features.get(paths[i]), features.get(paths[j])
         if fi is None or fj is None:
             continue
@@ -639,15 +687,21 @@ def best_with_regions(sims: np.ndarray, paths: list[str], references: np.ndarray
     anchor = DEFAULT_THRESHOLD if anchor is None else anchor
     features = FeatureCache(None)  # calibrate's sample: every image kept
 
-    for i, j in enumerate(sims.argmax(axis=1).tolist()):
-        best = float(sims[i, j])
-        uncertain = s.verify_band is not None and s.verify_band[0] <= best < s.verify_band[1]
-        coarse = best > before[i, j] and best >= s.place_from
-        if not (uncertain or coarse):
-            continue
+    def lift(i: int, j: int) -> None:
         q, r = features.get(paths[i]), features.get(reference_paths[j])
         v = None if q is None or r is None else geo.verify(q, r)
         score = None if v is None else verified_score(v.inliers, anchor, s)
         if score is not None:
-            sims[i, j] = max(best, score)
+            sims[i, j] = max(float(sims[i, j]), score)
+
+    two = np.argsort(-sims, axis=1)[:, :2]
+    for i, ranked in enumerate(two.tolist()):
+        j = ranked[0]
+        best = float(sims[i, j])
+        uncertain = s.verify_band is not None and s.verify_band[0] <= best < s.verify_band[1]
+        coarse = best > before[i, j] and best >= s.place_from
+        if uncertain or coarse:
+            lift(i, j)
+        if len(ranked) > 1 and s.verify_band is not None and _close_second(best, float(sims[i, ranked[1]]), *s.verify_band, s):
+            lift(i, ranked[1])
     return sims

@@ -154,7 +154,7 @@ def test_query_regions_finds_a_paste_and_where_it_sits(tmp_path):
     # image; with --regions it is found and its box reported on both sides. One reference: the
     # synthetic pictures are of one style, and which of several the shipped model ranks first as
     # a whole image is the model's matter, not this test's (session 6's default put another one
-    # 0.02 above the pasted reference; verification takes a query's best match only).
+    # 0.02 above the pasted reference; the runner-up rule is tested on its own below).
     refs = tmp_path / "refs"
     make_photo(refs / "r0.jpg", size=(480, 360), seed=300)
     with Image.open(refs / "r0.jpg") as ref:  # 45% of the width, off centre
@@ -208,9 +208,9 @@ def test_dedupe_regions_reports_the_box_and_its_area(tmp_path):
     for s in range(3):
         make_photo(folder / f"p{s}.jpg", size=(480, 360), seed=500 + s)
     with Image.open(folder / "p0.jpg") as im:
-        # A screenshot-like frame: the photo at 64% of the width, bars around it (at 80%, session
-        # 7's default matches the whole frame best and the box is the whole frame).
-        frame = Image.new("RGB", (750, 600), (245, 245, 245))
+        # A screenshot-like frame: the photo at 80% of the width, bars around it. The default
+        # model matches the whole frame best (no crop wins); the pair is placed all the same.
+        frame = Image.new("RGB", (600, 540), (245, 245, 245))
         frame.paste(im, (60, 90))
         frame.save(folder / "screenshot.png")
     # At 0.75: the box is the point here, and two of these synthetic pictures (unrelated) score
@@ -224,7 +224,7 @@ def test_dedupe_regions_reports_the_box_and_its_area(tmp_path):
     photo = next(m for m in groups[0].members if m.path.endswith("p0.jpg"))
     # Where the photo sits in the screenshot, as the box of whichever member is the copy.
     in_shot = shot.box if shot.role == "copy" else photo.keep_box
-    assert iou(in_shot, (60 / 750, 90 / 600, 540 / 750, 450 / 600)) >= 0.9  # placed, not the whole frame
+    assert iou(in_shot, (60 / 600, 90 / 540, 540 / 600, 450 / 540)) >= 0.9  # placed, not the whole frame
     doc = json.loads((tmp_path / "out" / "groups.json").read_text())
     member = next(m for g in doc["groups"] for m in g["members"] if m["path"].endswith("screenshot.png"))
     assert "box_area" in member and "keep_box" in member
@@ -236,13 +236,12 @@ def test_dedupe_regions_reports_the_box_and_its_area(tmp_path):
 def test_dedupe_verifies_a_paste_the_descriptors_doubt(tmp_path, regions):
     # A photo pasted small and off centre into another scores below the threshold whole and in
     # the centred crop; dedupe (plain by default, and with --regions) verifies each ungrouped
-    # image's best uncertain partner, and the inliers group it, with the box where it sits.
-    # --no-verify (verify=False) leaves it out: neither the whole image nor the crops find it.
+    # image's best uncertain partner (and the runner-up within 0.05 of it), and the inliers group
+    # it, with the box where it sits. --no-verify (verify=False) leaves it out: neither the whole
+    # image nor the crops find it. The default model scores p1 (an unrelated picture of the same
+    # synthetic style) 0.545 against the collage, above the pasted p0's 0.517: p0 is the runner-up.
     folder = tmp_path / "photos"
-    # Seed 801 left out since session 7's default: that model scores it (an unrelated picture of
-    # the same synthetic style) 0.545 against the collage, above the pasted p0's 0.517, and
-    # dedupe verifies an image's best uncertain partner only.
-    for s in (0, 2, 3):
+    for s in range(4):
         make_photo(folder / f"p{s}.jpg", size=(480, 360), seed=800 + s)
     with Image.open(folder / "p0.jpg") as im:
         # On a plain gradient: the synthetic photos look alike, and the paste must be what the
@@ -316,18 +315,28 @@ def test_verified_score_starts_at_the_threshold_and_grows_with_inliers():
     assert verified_score(10_000, 0.75, s) == pytest.approx(0.75 + VERIFIED_MAX_ABOVE)
 
 
+def pasted_reference(tmp_path):
+    """Two synthetic references and a query showing the first at 45% of its width, at
+    PASTED_BOX: (reference paths, query path)."""
+    refs = [str(make_photo(tmp_path / f"r{s}.jpg", size=(480, 360), seed=300 + s)) for s in range(2)]
+    with Image.open(refs[0]) as ref:
+        query = Image.fromarray(photo_array((800, 600), seed=400))
+        query.paste(ref.resize((360, 270)), (300, 200))
+    query.save(tmp_path / "paste.jpg", quality=92)
+    return refs, str(tmp_path / "paste.jpg")
+
+
+PASTED_BOX = (300 / 800, 200 / 600, 660 / 800, 470 / 600)
+
+
 def test_calibrate_scores_verify_uncertain_best_matches(tmp_path):
     # As query --regions does: a best match in the verify band that verification confirms scores
     # at least the threshold; one outside the band, or one that does not verify, keeps its cosine.
     from copyscan.region_search import RegionSettings, best_with_regions
     from copyscan.score import DEFAULT_THRESHOLD
 
-    refs = [str(make_photo(tmp_path / f"r{s}.jpg", size=(480, 360), seed=300 + s)) for s in range(2)]
-    with Image.open(refs[0]) as ref:
-        query = Image.fromarray(photo_array((800, 600), seed=400))
-        query.paste(ref.resize((360, 270)), (300, 200))
-    query.save(tmp_path / "paste.jpg", quality=92)
-    paths = [str(tmp_path / "paste.jpg")] * 3
+    refs, paste = pasted_reference(tmp_path)
+    paths = [paste] * 3
     sims = np.array([[0.5, 0.1], [0.95, 0.1], [0.1, 0.5]], np.float32)  # in band, certain, in band but wrong
     settings = RegionSettings(query_boxes=(), verify_band=(0.35, 0.6))  # no crops: verification alone
     raised = best_with_regions(sims, paths, np.zeros((2, 4), np.float32), None, settings=settings,
@@ -336,6 +345,35 @@ def test_calibrate_scores_verify_uncertain_best_matches(tmp_path):
     assert raised[1].tolist() == sims[1].tolist() and raised[2].tolist() == sims[2].tolist()
     # Without the references' paths, nothing is verified.
     assert best_with_regions(sims, paths, np.zeros((2, 4), np.float32), None, settings=settings).tolist() == sims.tolist()
+
+
+def test_a_close_runner_up_is_verified_too(tmp_path):
+    # An unrelated picture can outscore a pasted copy by a hair; the runner-up is verified when it
+    # is in the band and within runner_up_within of the best, in query --regions (Refiner) and in
+    # calibrate's replay of it; further below, or with the rule off, it keeps its cosine.
+    from copyscan.region_search import Candidate, PendingQuery, RegionSettings, Refiner, best_with_regions
+
+    refs, paste = pasted_reference(tmp_path)
+    anchor = 0.69
+
+    def refined(copy_score: float, **kw) -> Candidate:
+        refiner = Refiner(None, None, None, None, RegionSettings(query_boxes=(), **kw), report_floor=anchor, anchor=anchor)
+        q = PendingQuery(paste, {refs[0]: Candidate(copy_score), refs[1]: Candidate(0.50)})
+        try:
+            refiner._start_verify([q]).wait()
+        finally:
+            refiner.close()
+        return q.candidates[refs[0]]
+
+    lifted = refined(0.46)
+    assert lifted.how == "verified" and lifted.score >= anchor and iou(lifted.query_box, PASTED_BOX) >= 0.5
+    assert refined(0.36).score == 0.36  # 0.14 below the best: not verified
+    assert refined(0.46, runner_up_within=None).score == 0.46
+    sims = np.array([[0.46, 0.50], [0.36, 0.50]], np.float32)
+    for within, first in ((0.05, True), (None, False)):
+        raised = best_with_regions(sims, [paste, paste], np.zeros((2, 4), np.float32), None, reference_paths=refs,
+                                   settings=RegionSettings(query_boxes=(), verify_band=(0.35, 0.6), runner_up_within=within))
+        assert (raised[0, 0] >= anchor) == first and raised[1, 0] == np.float32(0.36)
 
 
 def test_regions_option_on_index_query_dedupe_and_calibrate(tmp_path, tiny_model_path, monkeypatch):
