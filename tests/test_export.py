@@ -85,12 +85,14 @@ def test_cached_twin_starts_without_building_the_torch_net(tiny_model_path, tmp_
         "from copyscan.models import create_model\n"
         f"m = create_model({str(tiny_model_path)!r}, device='cpu')\n"
         f"x = np.load({str(tmp_path / 'batch.npy')!r})\n"
-        "print(json.dumps({'timm': 'timm' in sys.modules, 'info': m.info.__dict__, 'out': m.embed(x).tolist()}))\n"
+        "print(json.dumps({'timm': 'timm' in sys.modules, 'onnx': 'onnx' in sys.modules, 'info': m.info.__dict__,\n"
+        "                  'out': m.embed(x).tolist()}))\n"
     )
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["timm"] is False  # the checkpoint's header and the cached twin were enough
+    assert doc["onnx"] is False  # onnxruntime runs the twin; onnx (0.5 s to import) only exports
     assert {k: (list(v) if isinstance(v, tuple) else v) for k, v in first.info.__dict__.items()} == doc["info"]
     np.testing.assert_allclose(np.asarray(doc["out"], np.float32), first.embed(batch), atol=1e-6)
 

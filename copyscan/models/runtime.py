@@ -33,13 +33,20 @@ def requested_runtime(runtime: str | None = None) -> str:
     return value
 
 
-def onnx_available() -> bool:
+def onnx_available(export: bool = True) -> bool:
+    """Whether onnxruntime (and, to `export` a twin, onnx: torch.onnx.export needs it) is
+    installed. Looked up, not imported: importing onnx takes about 0.5 s here (ml_dtypes), which
+    every `index` and `query` with a cached twin paid for nothing (BENCHMARKS.md, speed)."""
+    return _installed("onnxruntime") and (not export or _installed("onnx"))
+
+
+def _installed(module: str) -> bool:
+    from importlib.util import find_spec
+
     try:
-        import onnx  # noqa: F401  (torch.onnx.export needs it)
-        import onnxruntime  # noqa: F401
-    except ImportError:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):  # a module blocked in sys.modules, or a broken install
         return False
-    return True
 
 
 def for_this_machine(model: DescriptorModel, runtime: str | None = None) -> DescriptorModel:
@@ -73,7 +80,7 @@ def cached_twin(info: ModelInfo, device: str, runtime: str | None = None) -> Des
     """The ONNX twin of the torch model `info` names, when this machine would run it on ONNX
     Runtime and it was exported before; else None. Building the torch net first would import
     timm and torchvision (about 3 s of every command's start-up on this CPU) only to be dropped."""
-    if requested_runtime(runtime) == "torch" or resolve_device(device).type != "cpu" or not onnx_available():
+    if requested_runtime(runtime) == "torch" or resolve_device(device).type != "cpu" or not onnx_available(export=False):
         return None
     path = onnx_cache_path(info)
     if not path.exists():
