@@ -265,8 +265,8 @@ def dedupe(
     review of this folder are not proposed again (copyscan.review_memory). `regions` indexes
     region rows too and pairs an image's regions with the other whole images (a photo inside a
     screenshot); each copy gets the box where it sits (copyscan.region_search). `verify` (on by
-    default) checks each ungrouped image's best partner scoring just below the threshold with
-    local features (copyscan.verify), and groups the pair when its geometry agrees: copies the
+    default) checks each ungrouped image's best partner scoring just below the threshold, and a
+    runner-up close behind it, with local features (copyscan.verify), and groups the pair when its geometry agrees: copies the
     descriptor doubts (a crop, a paste, a screenshot) join their group with their box. With `engine`
     "ray", a `memory_budget`, or a very large folder, the pairs are searched in slices against an
     index of the folder sized by the budget, the pairs on disk (copyscan.dedupe_scale); that path

@@ -237,7 +237,7 @@ def dedupe(
     keep: KeepRule = typer.Option("original", "--keep", help="Which image of a group to keep: original (the likely original: most detail of the shared content, fewest signs of editing), resolution, oldest, newest, largest, smallest."),
     protect: Optional[list[Path]] = typer.Option(None, "--protect", help="A folder whose files are always kept and never touched; repeatable \\[default: none].", show_default=False),
     regions: bool = RegionsOpt,
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check each ungrouped image's best partner scoring just below the threshold with local features, and group the pair when its geometry agrees (finds crops, pastes and screenshots the descriptor doubts; 2,000 photos: about 5 s more). Not done with --engine ray or --memory-budget."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check each ungrouped image's best partner (and a close runner-up) just below the threshold with local features, and group the pair when its geometry agrees (finds crops, pastes and screenshots the descriptor doubts; 2,000 photos: about 5 s more). Not done with --engine ray or --memory-budget."),
     engine: str = EngineOpt,
     ray_address: Optional[str] = RayAddressOpt,
     memory_budget: Optional[str] = BudgetOpt,
