@@ -607,15 +607,17 @@ def place_boxes(pairs: RegionPairs, paths: list[str], limit: int = 100_000, stor
         todo += [(i, j) for i, j, sc in zip(pairs.first.tolist(), pairs.second.tolist(), pairs.score.tolist())
                  if sc < place_below and (i, j) not in pairs.boxes]
 
+    def check(pair: tuple[int, int]):
+        fi, fj = features.get(paths[pair[0]]), features.get(paths[pair[1]])
+        return None if fi is None or fj is None else geo.verify(fi, fj)  # j mapped into i: i's box shows j's box
+
+    todo = todo[:limit]
     placed = 0
-    for (i, j) in todo[:limit]:
-        fi, fj = features.get(paths[i]), features.get(paths[j])
-        if fi is None or fj is None:
-            continue
-        v = geo.verify(fi, fj)  # j mapped into i: i's box shows j's box
-        if v is not None:
-            pairs.boxes[(i, j)] = (v.query_box, v.reference_box)
-            placed += 1
+    with _verify_pool() as pool:  # OpenCV releases the GIL: a thread per core
+        for (i, j), v in zip(todo, pool.map(check, todo)):
+            if v is not None:
+                pairs.boxes[(i, j)] = (v.query_box, v.reference_box)
+                placed += 1
     return placed
 
 
