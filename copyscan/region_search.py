@@ -612,6 +612,8 @@ def place_boxes(pairs: RegionPairs, paths: list[str], limit: int = 100_000, stor
         return None if fi is None or fj is None else geo.verify(fi, fj)  # j mapped into i: i's box shows j's box
 
     todo = todo[:limit]
+    if not todo:
+        return 0
     placed = 0
     with _verify_pool() as pool:  # OpenCV releases the GIL: a thread per core
         for (i, j), v in zip(todo, pool.map(check, todo)):
