@@ -396,7 +396,7 @@ def _grouped(loaded: LoadedIndex, store: IndexStore, table, full, rows, in_root,
         found = region_collection_pairs(loaded, all_rows, all_descriptors, item_of_row, threshold)
         stored = stored_features(loaded)  # each image's local features, where index --regions kept them
         if regions:
-            place_boxes(found, paths, stored=stored, place_below=RegionSettings().place_below)
+            place_boxes(found, paths, stored=stored, place_below=RegionSettings().dedupe_place_below)
         if verify:  # after place_boxes: a verified pair already has its box
             verify_uncertain(loaded, all_rows, all_descriptors, item_of_row, found, paths, threshold,
                              progress=progress, stored=stored)

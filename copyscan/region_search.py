@@ -72,6 +72,11 @@ class RegionSettings:
     # runs), those would be most queries.
     place_from: float = 0.45
     place_below: float = 0.9
+    # `dedupe --regions` places the pairs the whole images won below this: a photo filling 80% of
+    # a screenshot scores 0.90 as a whole image with session 8's default, and a whole-frame box
+    # would tell the keep rule the screenshot holds all of the photo's pixels. Verifying a pair
+    # costs about 3 ms where the index stores the features (BENCHMARKS.md "Regions", session 8).
+    dedupe_place_below: float = 0.95
     # Best matches scoring in [low, high) verified whoever won them, so that their inliers can
     # lift a copy the descriptor doubts (None: no band). Where the references' features are
     # stored (index --regions, local_store.py) a pair costs half as much, and the band is wide:

@@ -213,9 +213,9 @@ def test_dedupe_regions_reports_the_box_and_its_area(tmp_path):
         frame = Image.new("RGB", (600, 540), (245, 245, 245))
         frame.paste(im, (60, 90))
         frame.save(folder / "screenshot.png")
-    # At 0.75: the box is the point here, and two of these synthetic pictures (unrelated) score
-    # 0.71 with the default model, over its 0.70 (synthetic graphics of one style score high:
-    # training/MODELS.md); the screenshot scores 0.88-0.90 with its photo.
+    # At 0.75: the box is the point here, and unrelated synthetic pictures of one style score up
+    # to 0.71 with the default models (training/MODELS.md); the screenshot scores 0.88-0.90 with
+    # its photo as a whole image, so dedupe places it by verification (dedupe_place_below).
     s = api.dedupe(folder, output=tmp_path / "out", index_dir=tmp_path / "idx", extraction=X0, regions=True,
                    threshold=0.75)
     groups = [g for g in s.groups if {m.path.rsplit("/", 1)[-1] for m in g.members} == {"p0.jpg", "screenshot.png"}]
