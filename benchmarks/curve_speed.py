@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(HERE / "benchmarks"))
+
+from startup import link_photos  # noqa: E402  (the same scratch folder of the first COUNT photos)
 DEFAULT_MODELS = "copyscan_lite0_128,sscd_distilled@160,sscd_distilled@224,sscd_distilled@320"
 
 # The child: register the comparison model when named, then run the CLI as a user would.
@@ -40,15 +43,6 @@ if model.startswith("sscd_distilled"):
 from copyscan.cli import app
 app(["index", sys.argv[2], "--index-dir", sys.argv[3], "--model", model, "-q"], prog_name="copyscan")
 """
-
-
-def link_photos(source: Path, count: int, folder: Path) -> int:
-    exts = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in exts)[:count]
-    folder.mkdir(parents=True)
-    for i, p in enumerate(files):
-        (folder / f"{i:05d}{p.suffix.lower()}").symlink_to(p.resolve())
-    return len(files)
 
 
 def index_once(model: str, photos: Path, index_dir: Path, env: dict) -> float:

@@ -46,7 +46,7 @@ def _check_runs_from(checkout: Path, env: dict, cwd: Path) -> None:
         raise SystemExit(f"copyscan imports from {out.stdout.strip() or out.stderr}, not from {checkout}")
 
 
-def _link_photos(source: Path, count: int, folder: Path) -> int:
+def link_photos(source: Path, count: int, folder: Path) -> int:
     exts = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".jpe"}
     files = sorted(p for p in source.rglob("*") if p.suffix.lower() in exts)[:count]
     folder.mkdir(parents=True)
@@ -67,7 +67,7 @@ def main() -> None:
     checkouts = {"after": HERE} if args.before is None else {"before": args.before.resolve(), "after": HERE}
     with tempfile.TemporaryDirectory(prefix="copyscan-startup-") as tmp:
         tmp = Path(tmp)
-        n = _link_photos(args.photos, args.count, tmp / "photos")
+        n = link_photos(args.photos, args.count, tmp / "photos")
         # One model cache for all (the ONNX twin is exported once); no index in the current folder.
         env = dict(os.environ, COPYSCAN_CACHE=str(tmp / "cache"))
         env.pop("COPYSCAN_INDEX_DIR", None)

@@ -567,20 +567,7 @@ def verify_uncertain(loaded, rows: np.ndarray, descriptors: np.ndarray, item_of_
     work = sorted(work_set)
     if not work:
         return 0
-    from . import verify as geo
-    from .progress import progress_bar
-
-    features = FeatureCache(512, stored)
-
-    def check(pair: tuple[int, int]):
-        fa, fb = features.get(paths[pair[0]]), features.get(paths[pair[1]])
-        return None if fa is None or fb is None else geo.verify(fa, fb)  # b mapped into a
-
-    checked = []
-    with _verify_pool() as pool, progress_bar(progress, len(work), "verifying uncertain pairs", "pairs") as bar:
-        for v in pool.map(check, work):
-            checked.append(v)
-            bar.advance(1)
+    checked = _verify_item_pairs(work, paths, FeatureCache(512, stored), progress, "verifying uncertain pairs")
     added_first, added_second, added_score = [], [], []
     for (a, b), v in zip(work, checked):
         lifted = None if v is None else verified_score(v.inliers, loaded.threshold, s)
@@ -604,28 +591,38 @@ def place_boxes(pairs: RegionPairs, paths: list[str], limit: int = 100_000, stor
     a photo filling most of a screenshot wins as a whole image, yet holds part of its pixels);
     returns how many were verified, trying at most `limit` pairs, region-won first.
     `stored`: the images' stored features (local_store.LocalFeatureReader) or None."""
-    from . import verify as geo
-
-    features = FeatureCache(256, stored)
     todo = list(pairs.boxes)
     if place_below is not None:
         todo += [(i, j) for i, j, sc in zip(pairs.first.tolist(), pairs.second.tolist(), pairs.score.tolist())
                  if sc < place_below and (i, j) not in pairs.boxes]
-
-    def check(pair: tuple[int, int]):
-        fi, fj = features.get(paths[pair[0]]), features.get(paths[pair[1]])
-        return None if fi is None or fj is None else geo.verify(fi, fj)  # j mapped into i: i's box shows j's box
-
     todo = todo[:limit]
     if not todo:
         return 0
     placed = 0
-    with _verify_pool() as pool:  # OpenCV releases the GIL: a thread per core
-        for (i, j), v in zip(todo, pool.map(check, todo)):
-            if v is not None:
-                pairs.boxes[(i, j)] = (v.query_box, v.reference_box)
-                placed += 1
+    for (i, j), v in zip(todo, _verify_item_pairs(todo, paths, FeatureCache(256, stored))):
+        if v is not None:  # j mapped into i: i's box shows j's box
+            pairs.boxes[(i, j)] = (v.query_box, v.reference_box)
+            placed += 1
     return placed
+
+
+def _verify_item_pairs(work: list[tuple[int, int]], paths: list[str], features: "FeatureCache", progress: bool = False,
+                       label: str = "verifying pairs") -> list:
+    """copyscan.verify of each (i, j) item pair (j mapped into i; None where either image cannot be
+    read or the geometry does not agree), in order, on a thread per core (OpenCV releases the GIL)."""
+    from . import verify as geo
+    from .progress import progress_bar
+
+    def check(pair: tuple[int, int]):
+        fi, fj = features.get(paths[pair[0]]), features.get(paths[pair[1]])
+        return None if fi is None or fj is None else geo.verify(fi, fj)
+
+    checked = []
+    with _verify_pool() as pool, progress_bar(progress, len(work), label, "pairs") as bar:
+        for v in pool.map(check, work):
+            checked.append(v)
+            bar.advance(1)
+    return checked
 
 
 def content_boxes(pairs: RegionPairs, paths: list[str]) -> dict[str, tuple[float, float, float, float]]:
