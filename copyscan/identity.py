@@ -21,7 +21,7 @@ class ModelInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     weights_sha256: str
-    runtime: str  # torch | torchscript | onnxruntime
+    runtime: str  # torch | torchscript | onnxruntime | onnxruntime-int8
     source: str = ""  # where the weights came from, for humans
 
     def preprocessing(self) -> dict[str, Any]:

@@ -139,3 +139,69 @@ def test_bench_speed_cli(tiny_model_path, tmp_path):
     assert row["steady_over_model"] > 0
     r = _cli("bench", "speed", str(tmp_path / "photos"), "--stages", "decode,warp")
     assert r.returncode == 1 and "unknown stage" in r.stderr
+
+
+def _int8_beside(tiny_model_path, folder):
+    """A copy of the tiny checkpoint with an int8 twin exported beside it, as ship_model.py does."""
+    import shutil
+
+    from copyscan.models.runtime import INT8_SUFFIX
+
+    photos = folder / "calib"
+    for i in range(6):
+        make_photo(photos / f"{i}.jpg", size=(96, 80), seed=i)
+    checkpoint = folder / "m.safetensors"
+    shutil.copyfile(tiny_model_path, checkpoint)
+    twin = folder / f"m{INT8_SUFFIX}"
+    export_onnx(checkpoint, twin, int8=True, calibration=photos, calibration_images=6, batch_size=3)
+    return checkpoint, twin
+
+
+def test_a_shipped_int8_twin_runs_on_the_cpu(tiny_model_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("COPYSCAN_CACHE", str(tmp_path / "cache"))
+    checkpoint, twin = _int8_beside(tiny_model_path, tmp_path)
+    exact = create_model(checkpoint, device="cpu", runtime="torch")
+    auto = create_model(checkpoint, device="cpu")
+    # Same identity as the torch model (an index built on a GPU is queried here), int8 runtime.
+    assert auto.info.runtime == "onnxruntime-int8" and auto.info.weights_sha256 == exact.info.weights_sha256
+    assert (auto.name, auto.dim, auto.input_size) == (exact.name, exact.dim, exact.input_size)
+    batch = _pixels(4, 64, seed=70)
+    np.testing.assert_allclose(auto.embed(batch), create_model(twin).embed(batch), atol=1e-6)  # the file, as is
+    assert (auto.embed(batch) * exact.embed(torch.from_numpy(batch))).sum(1).mean() > 0.9
+    assert not onnx_cache_path(exact).exists()  # nothing exported: the twin was enough
+    fp32 = create_model(checkpoint, device="cpu", runtime="onnx-fp32")
+    assert fp32.info.runtime == "onnxruntime"
+    np.testing.assert_allclose(fp32.embed(batch), exact.embed(torch.from_numpy(batch)), atol=1e-4)
+    monkeypatch.setenv("COPYSCAN_RUNTIME", "torch")
+    assert create_model(checkpoint, device="cpu").info.runtime == "torch"
+
+
+def test_an_int8_twin_of_other_weights_is_not_used(tiny_model_path, tmp_path, monkeypatch):
+    """Retrained weights under the same name never run the old weights' twin."""
+    from copyscan.models.checkpoint import load_checkpoint, read_config, save_checkpoint
+
+    monkeypatch.setenv("COPYSCAN_CACHE", str(tmp_path / "cache"))
+    checkpoint, _ = _int8_beside(tiny_model_path, tmp_path)
+    net = load_checkpoint(checkpoint, "cpu").net
+    with torch.no_grad():
+        next(net.parameters()).mul_(1.5)
+    save_checkpoint(net, read_config(checkpoint), checkpoint)
+    model = create_model(checkpoint, device="cpu")
+    assert model.info.runtime == "onnxruntime"  # the fp32 twin of the new weights, exported now
+    batch = _pixels(2, 64, seed=3)
+    np.testing.assert_allclose(model.embed(batch), create_model(checkpoint, device="cpu", runtime="torch")
+                               .embed(torch.from_numpy(batch)), atol=1e-4)
+
+
+def test_int8_keeps_the_first_convolutions_in_fp32(tiny_model_path, tmp_path):
+    import onnx
+
+    from copyscan.models.onnx_export import FP32_LEADING_CONVS
+
+    _, twin = _int8_beside(tiny_model_path, tmp_path)
+    graph = onnx.load(twin).graph
+    dequantised = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    quantised = [node.input[1] in dequantised for node in convs]
+    assert len(convs) > FP32_LEADING_CONVS + 2
+    assert quantised[:FP32_LEADING_CONVS] == [False] * FP32_LEADING_CONVS and all(quantised[FP32_LEADING_CONVS:])

@@ -405,8 +405,14 @@ def test_shipped_weights_register_by_file_name(tiny_model_path, tmp_path, monkey
     spec = importlib.util.spec_from_file_location("ship_model", Path(__file__).parents[1] / "training" / "ship_model.py")
     ship_model = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ship_model)
-    target = ship_model.ship(str(tiny_model_path), "tiny_shipped_32", weights_dir=tmp_path)
+    from conftest import make_photo
+
+    for i in range(4):
+        make_photo(tmp_path / "calib" / f"{i}.jpg", size=(80, 72), seed=i)
+    target = ship_model.ship(str(tiny_model_path), "tiny_shipped_32", weights_dir=tmp_path,
+                             int8_calibration=str(tmp_path / "calib"), calibration_images=4)
     assert target.stat().st_size < tiny_model_path.stat().st_size
+    assert (tmp_path / "tiny_shipped_32.int8.onnx").is_file()  # the twin a CPU runs, beside it
     monkeypatch.setattr(models, "WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
     models._register_packaged()
@@ -418,6 +424,12 @@ def test_shipped_weights_register_by_file_name(tiny_model_path, tmp_path, monkey
     pixels = rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
     a, b = shipped.embed(pixels), original.embed(pixels)
     assert np.min(np.sum(a * b, axis=1)) > 0.999
+    monkeypatch.setenv("COPYSCAN_CACHE", str(tmp_path / "cache"))
+    assert models.create_model("tiny_shipped_32", "cpu").info.runtime == "onnxruntime-int8"
+    # Shipped again without int8: the old twin (of other weights, in general) goes.
+    ship_model.ship(str(tiny_model_path), "tiny_shipped_32", weights_dir=tmp_path)
+    assert not (tmp_path / "tiny_shipped_32.int8.onnx").exists()
+    assert models.create_model("tiny_shipped_32", "cpu").info.runtime == "onnxruntime"
 
 
 def test_copyscan_models_ship_in_the_package():
@@ -443,3 +455,22 @@ def test_copyscan_models_ship_in_the_package():
     rng = np.random.default_rng(1)
     d = model.embed(rng.integers(0, 256, (2, 160, 160, 3), dtype=np.uint8))
     assert d.shape == (2, 64) and np.allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-4)
+
+
+def test_packaged_models_run_their_int8_twins_on_the_cpu(monkeypatch, tmp_path):
+    """Each shipped model has an int8 twin exported from its very weights, which a CPU runs, with
+    descriptors close to the exact ones (on photos: training/MODELS.md measured 0.992 mean)."""
+    import copyscan.models as models
+    from conftest import photo_array
+    from copyscan.models.runtime import INT8_SUFFIX
+
+    monkeypatch.setenv("COPYSCAN_CACHE", str(tmp_path / "cache"))
+    pixels = np.stack([photo_array((160, 160), 300 + i) for i in range(6)])
+    for name in ("copyscan_lite0_128", "copyscan_lite0_64", "copyscan_lite0_256"):
+        twin = Path(models.WEIGHTS_DIR) / f"{name}{INT8_SUFFIX}"
+        assert twin.stat().st_size < 6e6
+        fast = create_model(name, "cpu")
+        assert fast.info.runtime == "onnxruntime-int8" and fast.config["precision"] == "int8"
+        exact = create_model(name, "cpu", runtime="torch")
+        assert fast.info.weights_sha256 == exact.info.weights_sha256 == fast.config["source_sha256"]
+        assert (fast.embed(pixels) * exact.embed(pixels)).sum(1).mean() > 0.97

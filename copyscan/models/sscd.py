@@ -83,6 +83,7 @@ class OnnxDescriptor(DescriptorModel):
         self.input_name = inp.name
         # A file written by `copyscan export` says its own input size and normalisation.
         config = _copyscan_config(self.session)
+        self.config = config or {}  # a copyscan export's identity (onnx_export.py), else empty
         if config:
             size, mean, std = int(config["input_size"]), tuple(config["mean"]), tuple(config["std"])
         elif size is None:
