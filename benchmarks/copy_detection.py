@@ -12,6 +12,9 @@ queries; images/s is (references + queries) / wall time of that run, decoding in
 machine's CPU. "whiten + norm" then fits the post-processing on the background (embedded once,
 not counted in images/s) in the same index and queries again. The background is
 --background-count photos spread evenly over its folder's sorted files, linked into WORK.
+Queries are scored on whole images only (`copyscan eval --whole-images`: the model alone, as
+every table of BENCHMARKS.md measured it); `--query-regions` scores them as `query` does by
+default (crops of uncertain queries and geometric verification, against a plain index).
 """
 
 from __future__ import annotations
@@ -103,6 +106,9 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.75, help="Also report precision/recall at this score (plain).")
     ap.add_argument("--work", type=Path, default=Path("/tmp/copyscan-copy-detection"))
     ap.add_argument("--no-post", action="store_true", help="Plain scores only (skip whiten + norm).")
+    ap.add_argument("--query-regions", action="store_true",
+                    help="Score queries as `query` does by default (crops of uncertain queries, verification) "
+                         "instead of whole images only (the model alone, this table's measure).")
     ap.add_argument("--rank1-by-first-edit", action="store_true",
                     help="Also print rank-1 per kind of copy (the first edit of each query: `bench synth --hard`).")
     args = ap.parse_args()
@@ -120,13 +126,15 @@ def main() -> None:
         if index_dir.exists():
             shutil.rmtree(index_dir)
         t0 = time.perf_counter()
-        plain = evaluate_bench(args.bench, output=args.work / slug / "plain", model=model, index_dir=index_dir)
+        plain = evaluate_bench(args.bench, output=args.work / slug / "plain", model=model, index_dir=index_dir,
+                               query_regions=args.query_regions)
         seconds = time.perf_counter() - t0
         rate = (n_refs + n_queries) / seconds
         runs = [("plain", plain)]
         if not args.no_post:
             runs.append(("whiten + norm", evaluate_bench(args.bench, output=args.work / slug / "post", model=model,
-                                                         index_dir=index_dir, post=PostOptions(background=str(bg)))))
+                                                         index_dir=index_dir, post=PostOptions(background=str(bg)),
+                                                         query_regions=args.query_regions)))
         if args.rank1_by_first_edit:
             by_kind[model] = rank1_by_kind(args.bench, plain.predictions_path)
             print(json.dumps({"model": model, "rank1_by_kind": by_kind[model]}), flush=True)

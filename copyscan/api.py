@@ -162,7 +162,7 @@ def query_folder(
     extraction: Extraction | None = None,
     report: bool = True,
     post: PostOptions | None = None,
-    regions: bool = False,
+    regions: bool = True,
     region_settings: RegionSettings | None = None,
 ) -> QuerySummary:
     """Match every image under `folder` against the index: OUT/matches.csv and OUT/report.html.
@@ -171,8 +171,9 @@ def query_folder(
     the index's suggested threshold with post-processing, else the model's calibrated threshold,
     `copyscan.models.model_threshold`, else DEFAULT_THRESHOLD). A file
     matched against itself (same path) is left out. With score normalisation in the index, a
-    score is the cosine less the query's background bias (see copyscan.score). `regions` also
-    scores crops of uncertain queries and places the copy's box by geometric verification
+    score is the cosine less the query's background bias (see copyscan.score). `regions` (on by
+    default, as in the CLI; False: whole images only, about half the time) also scores crops of
+    uncertain queries and lifts and places copies by geometric verification
     (copyscan.region_search; `region_settings` tunes it); each match carries its boxes.
     """
     from .search import query_batches

@@ -122,6 +122,7 @@ BatchOpt = typer.Option(32, "--batch-size", "-b", min=1, max=MAX_BATCH_SIZE, hel
 WorkersOpt = typer.Option(None, "--workers", "-j", min=0, max=MAX_WORKERS, help="Decoding processes, 0 for none (decode in the main process) \\[default: one a core, at most 8; on a GPU all cores but one, at most 16].", show_default=False)
 DeviceOpt = typer.Option(Device.auto, "--device", help="Where the model runs.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar \\[default: off].", show_default=False)
+QueryRegionsOpt = typer.Option(True, "--regions/--no-regions", help="Partial copies too (a photo inside a screenshot or collage, a crop): crops of uncertain queries and geometric verification of uncertain matches; each match gets the box of the copy on each side. --no-regions: whole images only, about half the time \\[default: on].", show_default=False)
 RegionsOpt = typer.Option(False, "--regions", help="Partial copies too (a photo inside a screenshot or collage, a crop): region rows and local features (about 18 KB an image) in the index, crops of uncertain queries, geometric verification; each match gets the box of the copy on each side \\[default: off].", show_default=False)
 # Post-processing: given on index, query, dedupe or eval, it is stored in the index for later runs.
 BackgroundOpt = typer.Option(None, "--background", help="Folder of photos unrelated to the references and queries, to fit whitening and score normalisation on (a new one turns both on); kept in the index \\[default: the index's, if any].", show_default=False)
@@ -195,7 +196,7 @@ def query(
     score_norm: Optional[bool] = ScoreNormOpt,
     whiten_dim: Optional[int] = WhitenDimOpt,
     beta: Optional[float] = BetaOpt,
-    regions: bool = RegionsOpt,
+    regions: bool = QueryRegionsOpt,
 ) -> None:
     """Match every image of FOLDER against the index; writes OUTPUT/matches.csv and OUTPUT/report.html.
 
@@ -581,7 +582,7 @@ def calibrate(
     workers: Optional[int] = WorkersOpt,
     device: Device = DeviceOpt,
     quiet: bool = QuietOpt,
-    regions: bool = typer.Option(False, "--regions", help="Score the copies as `query --regions` does (crops of uncertain copies, verification of uncertain best matches) \\[default: off].", show_default=False),
+    regions: bool = typer.Option(False, "--regions", help="Score the copies as `query` does (crops of uncertain copies, verification of uncertain best matches) \\[default: off: whole images].", show_default=False),
 ) -> None:
     """Pick a threshold from your own photos: edited copies of a sample against the rest, at a named precision.
 
@@ -642,7 +643,8 @@ def eval_cmd(
     score_norm: Optional[bool] = ScoreNormOpt,
     whiten_dim: Optional[int] = WhitenDimOpt,
     beta: Optional[float] = BetaOpt,
-    regions: bool = typer.Option(False, "--regions", help="Index and query with --regions (the references' region rows and local features; crops of uncertain queries, geometric verification) \\[default: off].", show_default=False),
+    regions: bool = typer.Option(False, "--regions", help="Index with --regions too (the references' region rows and local features) \\[default: off].", show_default=False),
+    whole_images: bool = typer.Option(False, "--whole-images", help="Score whole images only, as `query --no-regions` (the model alone) \\[default: off: as `query` scores].", show_default=False),
     batch_size: int = BatchOpt,
     workers: Optional[int] = WorkersOpt,
     device: Device = DeviceOpt,
@@ -670,13 +672,17 @@ def eval_cmd(
     if (bench_dir is not None and given_files) or (bench_dir is None and (gt is None or predictions is None)):
         err.print("[red]error:[/] give either BENCH_DIR, or both --gt GT.csv and --predictions PRED.csv")
         raise typer.Exit(1)
+    if regions and whole_images:
+        err.print("[red]error:[/] --regions indexes for region search and --whole-images turns it off: give one of them")
+        raise typer.Exit(1)
     if bench_dir is None:
         metrics = _run(lambda: evaluate(load_ground_truth(gt), load_predictions(predictions)))
         doc, per_edit, bench_run = metrics.to_dict(), [], None
     else:
         result = _run(evaluate_bench, bench_dir, output=output, model=model, index_dir=index_dir, top_k=top_k,
                       post=_post(background, whiten, score_norm, whiten_dim, beta),
-                      extraction=_extraction(batch_size, workers, device, quiet or json_out), regions=regions)
+                      extraction=_extraction(batch_size, workers, device, quiet or json_out), regions=regions,
+                      query_regions=not whole_images)
         metrics, doc, per_edit, bench_run = result.metrics, result.to_dict(), result.per_edit, result
     if json_out:
         print(json.dumps(doc))
@@ -684,7 +690,7 @@ def eval_cmd(
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
     if bench_run is not None:
         post = bench_run.postprocess.get("pipeline", "none")
-        out.print(f"{_esc(bench_run.model)} on {_esc(bench_run.bench)} (post-processing: {post}); "
+        out.print(f"{_esc(bench_run.model)} on {_esc(bench_run.bench)} (post-processing: {post}; search: {bench_run.search}); "
                   f"{bench_run.queries_skipped} queries and {bench_run.references_skipped} references skipped")
     out.print(f"micro AP       {fmt(metrics.micro_ap)}")
     out.print(f"recall @ P90   {fmt(metrics.recall_at_p90)}  (threshold {fmt(metrics.threshold_at_p90)})")

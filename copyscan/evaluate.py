@@ -41,6 +41,12 @@ class EditRow:
     acc_at_1: float  # share whose best match is their reference
 
 
+# How a benchmark's queries are scored: whole images only (the model alone, `query --no-regions`);
+# as `query` does by default (crops of uncertain queries, verification) against a plain index; or
+# both sides with regions (`index --regions` too: region rows and stored local features).
+SEARCH_MODES = ("whole-images", "regions", "index-regions")
+
+
 @dataclass
 class BenchEvaluation:
     bench: str
@@ -51,13 +57,14 @@ class BenchEvaluation:
     queries_skipped: int = 0  # query files that could not be decoded: they predict nothing
     references_skipped: int = 0
     postprocess: dict = field(default_factory=dict)  # the index's manifest entry, {} when none
+    search: str = "regions"  # how queries were scored: SEARCH_MODES
     predictions_path: str = ""
     metrics_path: str = ""
 
     def to_dict(self) -> dict:
         doc = self.metrics.to_dict()
         doc.update(bench=self.bench, model=self.model, queries_skipped=self.queries_skipped,
-                   references_skipped=self.references_skipped, postprocess=self.postprocess,
+                   references_skipped=self.references_skipped, postprocess=self.postprocess, search=self.search,
                    per_edit=[asdict(r) for r in self.per_edit])
         return doc
 
@@ -149,13 +156,18 @@ def evaluate_bench(
     post=None,
     extraction: Extraction | None = None,
     regions: bool = False,
+    query_regions: bool = True,
 ) -> BenchEvaluation:
     """Index BENCH/references (incrementally, into OUT/index unless `index_dir`), query
     BENCH/queries keeping each query's top-k whatever the score, and score the predictions.
 
     `post` (a `postprocess.PostOptions`) sets up whitening / score normalisation in the index
-    first; without it the index's stored setting (if any) is used. `regions` indexes and queries with --regions.
+    first; without it the index's stored setting (if any) is used. Queries are scored as `query`
+    scores them by default (`query_regions`: crops of uncertain queries, verification); False
+    scores whole images only, the model alone. `regions` also indexes with --regions.
     """
+    if regions and not query_regions:
+        raise UserError("regions=True indexes for region search, which query_regions=False turns off: give one of them")
     bench = Path(bench_dir)
     _check_bench(bench)
     out = Path(output) if output is not None else bench.parent / f"{bench.name}-eval"
@@ -181,7 +193,7 @@ def evaluate_bench(
                         "references; use a fresh --index-dir")
     # -1 keeps every top-k match, normalised scores below -1 too (score.score_floor).
     queried = query_folder(query_root, index_dir=index_dir, output=out, threshold=-1.0, top_k=top_k,
-                           extraction=extraction, report=False, regions=regions)
+                           extraction=extraction, report=False, regions=regions or query_regions)
     predictions = _predictions_from_matches(out / "matches.csv", query_root, ref_root)
     try:
         metrics = evaluate(gt, predictions, unknown_queries="error")
@@ -191,6 +203,7 @@ def evaluate_bench(
         str(bench), str(out), indexed.model, metrics, per_edit_table(gt, predictions, metrics, labels),
         queries_skipped=len(queried.skipped), references_skipped=len(indexed.skipped),
         postprocess=store.postprocess_entry() or {},
+        search="index-regions" if regions else "regions" if query_regions else "whole-images",
     )
     result.predictions_path = str(out / "predictions.csv")
     write_predictions(out / "predictions.csv", predictions)

@@ -175,11 +175,13 @@ class Refiner:
 
     def __init__(self, model, index, rows: RowTable, post, settings: RegionSettings, *, report_floor: float,
                  anchor: float, batch_size: int = 32, workers: int | None = 0, max_pixels: int | None = None,
-                 stored=None):
+                 stored=None, exact=None, widen: int = 1):
         """`index` holds references in the score rule's form (score.py); `post` is the index's
         post-processing, from which crops get the same form, so every score is the rule's;
         `anchor` is the index's default threshold, where verified scores start; `stored` the
-        references' stored features (local_store.LocalFeatureReader) or None."""
+        references' stored features (local_store.LocalFeatureReader) or None. With an approximate
+        index, `exact(queries, scores, ids)` re-scores its hits exactly (search.LoadedIndex.exact_top)
+        and `widen` times more of them are fetched, as plain search does."""
         self.model = model
         self.index = index
         self.rows = rows
@@ -191,6 +193,8 @@ class Refiner:
         self.workers = workers
         self.max_pixels = max_pixels
         self.k = 0
+        self.exact = exact
+        self.widen = widen
         self.stats = {"queries": 0, "cropped": 0, "crops": 0, "verified_pairs": 0, "verified": 0, "lifted": 0}
         self._references = FeatureCache(256, stored)  # references shared by queries of a chunk, bounded
         self._band = settings.band(stored is not None)
@@ -238,7 +242,10 @@ class Refiner:
             if not len(batch.owner):
                 continue
             self.stats["crops"] += len(batch.owner)
-            scores, ids = search(self.index, queries_of(self.post, batch.descriptors), self.k, params)
+            queries = queries_of(self.post, batch.descriptors)
+            scores, ids = search(self.index, queries, self.k * self.widen, params)
+            if self.exact is not None:
+                scores = self.exact(queries, scores, ids)
             for owner, box, s_row, i_row in zip(batch.owner, batch.boxes, scores, ids):
                 merge_hits(todo[owner].candidates, s_row, i_row, self.rows, query_box=box)
 
@@ -330,9 +337,10 @@ def query_batches_with_regions(loaded, entries, model, extraction, top_k: int, t
     use_region_rows = settings.reference_regions and rows.has_regions
     params = None if use_region_rows else whole_image_params(loaded.index, rows)
     per_image = rows.per_image if use_region_rows else 1
+    widen = 4 if loaded.margin else 1  # approximate scores: more candidates, re-scored exactly
     refiner = Refiner(model, loaded.index, rows, loaded.post, settings, report_floor=floor, anchor=loaded.threshold,
                       batch_size=extraction.batch_size, workers=0, max_pixels=extraction.max_pixels,
-                      stored=stored_features(loaded))
+                      stored=stored_features(loaded), exact=loaded.exact_top, widen=widen)
     pending: list[tuple[object, PendingQuery]] = []
     skipped: list = []
 
@@ -374,7 +382,8 @@ def query_batches_with_regions(loaded, entries, model, extraction, top_k: int, t
             skipped.extend(batch.skipped)
             if batch.rows:
                 queries = queries_of(loaded.post, batch.descriptors)
-                scores, ids = search(loaded.index, queries, (top_k + 1) * per_image, params)
+                scores, ids = search(loaded.index, queries, (top_k + 1) * per_image * widen, params)
+                scores = loaded.exact_top(queries, scores, ids)
                 for row, s_row, i_row in zip(batch.rows, scores, ids):
                     candidates: dict[str, Candidate] = {}
                     merge_hits(candidates, s_row, i_row, rows, allow_region_rows=use_region_rows)

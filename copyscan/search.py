@@ -62,6 +62,20 @@ class LoadedIndex:
         order = np.lexsort((-scores, rows))
         return rows[order], ids[order], scores[order]
 
+    def exact_top(self, queries: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """(n, k) FAISS hits' scores, re-scored exactly where the index's are approximate (ids
+        of -1, no hit, keep -inf); the scores as they are for an exact index."""
+        if not self.margin:
+            return scores
+        from .pair_search import rescore_between
+
+        flat = ids.ravel()
+        hit = flat >= 0
+        rows = np.repeat(np.arange(len(queries)), ids.shape[1])[hit]
+        exact = np.full(flat.shape, -np.inf, np.float32)
+        exact[hit] = rescore_between(np.asarray(queries, np.float32), rows, self.references, flat[hit])
+        return exact.reshape(ids.shape)
+
     @property
     def model_ref(self) -> str:
         """What to pass to create_model to get the model that built this index."""

@@ -115,6 +115,15 @@ def test_bench_folder(tmp_path, tiny_model_path):
                           "-j", "0", "--json").output)
     assert (tmp_path / "out-regions" / "index" / "local_features.sqlite").exists()
     assert 0.0 <= doc3["micro_ap"] <= 1.0 and doc3["n_predictions"] == 5 * 6
+    # Queries are scored as `query` scores them (regions, against a plain index) unless
+    # --whole-images asks for the model alone; the two together are refused.
+    assert doc2["search"] == "regions" and doc3["search"] == "index-regions"
+    doc4 = json.loads(cli("eval", bench, "-m", tiny_model_path, "-o", tmp_path / "out-whole", "--whole-images",
+                          "-j", "0", "--json").output)
+    assert doc4["search"] == "whole-images" and doc4["n_predictions"] == 5 * 6
+    assert not (tmp_path / "out-whole" / "index" / "local_features.sqlite").exists()
+    refused = cli("eval", bench, "-m", tiny_model_path, "--regions", "--whole-images", code=1).output
+    assert "give one of them" in refused and "Traceback" not in refused
 
 
 def test_bench_folder_errors(tmp_path, tiny_model_path):

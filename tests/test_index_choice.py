@@ -176,17 +176,19 @@ def test_approximate_index_reports_exact_scores(photos, tiny_model_path, monkeyp
     api.index_folder(folder, index_dir=photos / "sq8", model=str(tiny_model_path), extraction=NO_WORKERS)
     meta = IndexStore(photos / "sq8").read_manifest()["faiss"]
     assert meta["choice"] == "IVF-SQ8" and meta["margin"] > 0
-    # Every image against every other (top-k above the folder's size): the same matches, same scores.
-    a = api.query_folder(folder, index_dir=photos / "flat", output=photos / "q1", report=False, threshold=0.5,
-                         extraction=NO_WORKERS, top_k=20)
-    b = api.query_folder(folder, index_dir=photos / "sq8", output=photos / "q2", report=False, threshold=0.5,
-                         extraction=NO_WORKERS, top_k=20)
-    assert a.matches == b.matches == 12 * 11
 
     def scored(path):  # (query, reference, score) without the rank, which ties may swap
         return sorted(tuple(line.split(",")[:3]) for line in path.read_text().splitlines()[1:])
 
-    assert scored(photos / "q1" / "matches.csv") == scored(photos / "q2" / "matches.csv")
+    # Every image against every other (top-k above the folder's size): the same matches, same
+    # scores, with whole images only and with query crops (regions, query's default) alike.
+    for regions in (False, True):
+        a = api.query_folder(folder, index_dir=photos / "flat", output=photos / "q1", report=False, threshold=0.5,
+                             extraction=NO_WORKERS, top_k=20, regions=regions)
+        b = api.query_folder(folder, index_dir=photos / "sq8", output=photos / "q2", report=False, threshold=0.5,
+                             extraction=NO_WORKERS, top_k=20, regions=regions)
+        assert a.matches == b.matches == 12 * 11
+        assert scored(photos / "q1" / "matches.csv") == scored(photos / "q2" / "matches.csv")
 
 
 def test_cli_refuses_bad_engine_and_budget(photos, tiny_model_path):
