@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -105,6 +105,23 @@ class RegionSettings:
     # the index (alone they cost 0.003; BENCHMARKS.md "Regions"). Region rows serve dedupe, where
     # every image is also a query.
     reference_regions: bool = False
+    # The default threshold the score levels above were chosen at (session 8's default model,
+    # 0.71). Another model or width scores on its own scale, and its calibrated threshold says
+    # where that scale sits: `at(threshold)` moves the crop and verify levels by the difference
+    # (session 9, hard dev benchmark: the 64-d model at 0.77 0.800 -> 0.817 micro AP, the 256-d
+    # at 0.68 0.827 -> 0.842; the 128-d moved by -0.03 / +0.03 instead: 0.837 / 0.825 against
+    # 0.835). `place_below` and `dedupe_place_below` stay: near 1 the scales meet. None: fixed.
+    tuned_at: float | None = 0.71
+
+    def at(self, threshold: float | None) -> "RegionSettings":
+        """These settings for an index whose default threshold is `threshold` (see `tuned_at`)."""
+        if self.tuned_at is None or threshold is None or threshold == self.tuned_at:
+            return self
+        d = float(threshold) - self.tuned_at
+        move = lambda band: None if band is None else (band[0] + d, band[1] + d)  # noqa: E731
+        return replace(self, crop_from=self.crop_from + d, crop_below=self.crop_below + d,
+                                   place_from=self.place_from + d, verify_band=move(self.verify_band),
+                                   unstored_band=move(self.unstored_band), tuned_at=float(threshold))
 
     def band(self, stored: bool) -> tuple[float, float] | None:
         """The verify band where the references' features are stored, or not."""
@@ -332,7 +349,7 @@ def query_batches_with_regions(loaded, entries, model, extraction, top_k: int, t
     from .score import queries_of, score_floor
 
     floor = score_floor(threshold)
-    settings = settings or RegionSettings()
+    settings = (settings or RegionSettings()).at(loaded.threshold)
     rows = loaded.rows
     use_region_rows = settings.reference_regions and rows.has_regions
     params = None if use_region_rows else whole_image_params(loaded.index, rows)
@@ -533,7 +550,7 @@ def verify_uncertain(loaded, rows: np.ndarray, descriptors: np.ndarray, item_of_
     `runner_up_within` of the best; a pair whose inliers reach the floor joins `found`
     with its verified score (anchored at the index's default threshold) and boxes. Returns how
     many pairs were added. `stored`: the index's stored local features (`stored_features`) or None."""
-    s = settings or RegionSettings()
+    s = (settings or RegionSettings()).at(loaded.threshold)
     band = s.band(stored is not None)
     if band is None or not len(rows):
         return 0
@@ -682,7 +699,8 @@ def best_with_regions(sims: np.ndarray, paths: list[str], references: np.ndarray
     anchored at `anchor` (default: the default threshold)."""
     from .score import DEFAULT_THRESHOLD
 
-    s = settings or RegionSettings()
+    anchor = DEFAULT_THRESHOLD if anchor is None else anchor
+    s = (settings or RegionSettings()).at(anchor)
     sims = sims.copy()
     before = sims.copy()
     top = sims.max(axis=1, initial=-np.inf) if sims.size else np.zeros(0)
@@ -699,7 +717,6 @@ def best_with_regions(sims: np.ndarray, paths: list[str], references: np.ndarray
         return sims
     from . import verify as geo
 
-    anchor = DEFAULT_THRESHOLD if anchor is None else anchor
     features = FeatureCache(None)  # calibrate's sample: every image kept
 
     def lift(i: int, j: int) -> None:

@@ -429,3 +429,20 @@ def test_regions_option_on_index_query_dedupe_and_calibrate(tmp_path, tiny_model
     assert (tmp_path / "copyscan-dedupe" / "groups.csv").exists()
     cli("calibrate", "photos", "--model", tiny_model_path, "--regions", "-n", "3", "--edits", "crop,pad", "-j", "0", "-q")
     assert (tmp_path / "copyscan-calibrate" / "calibration.json").exists()
+
+
+def test_region_levels_follow_the_model_threshold():
+    """Bands chosen at the default's threshold move with another model's (its scores' scale)."""
+    from copyscan.region_search import RegionSettings
+
+    base = RegionSettings()
+    assert base.at(base.tuned_at) is base and base.at(None) is base
+    moved = base.at(base.tuned_at + 0.06)
+    assert moved.crop_from == pytest.approx(base.crop_from + 0.06) and moved.crop_below == pytest.approx(base.crop_below + 0.06)
+    assert moved.place_from == pytest.approx(base.place_from + 0.06)
+    assert moved.verify_band == pytest.approx((base.verify_band[0] + 0.06, base.verify_band[1] + 0.06))
+    assert moved.unstored_band == pytest.approx((base.unstored_band[0] + 0.06, base.unstored_band[1] + 0.06))
+    assert moved.place_below == base.place_below and moved.dedupe_place_below == base.dedupe_place_below
+    assert moved.at(moved.tuned_at) is moved  # applied once, not again
+    fixed = RegionSettings(tuned_at=None)
+    assert fixed.at(0.9) is fixed
