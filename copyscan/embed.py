@@ -1,26 +1,30 @@
 """Stage 3 (embed): decode files in worker processes and embed them in batches: the local engine.
 
-A torch DataLoader runs `decode_file` in `workers` processes, so decoding overlaps with the
-model; each item carries either pixels or the reason it failed, and failures never stop the run.
+`workers` processes run `decode_file`, so decoding overlaps with the model; each item carries
+either pixels or the reason it failed, and failures never stop the run. A torch model gets them
+from a torch DataLoader (pinned memory for a GPU); a model that needs no torch (an ONNX model on
+the CPU, which is how copyscan's own models run there) from a process pool of this module, so
+that `index` and `query` never import torch (1.2-2 s of start-up on a 2-core CPU).
 `embed_entries` is what indexing.py calls an engine: entries in, `EmbeddedBatch`es out.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from .decode import DEFAULT_MAX_PIXELS, decode_or_reason, or_reason
 from .discover import FileEntry, Skipped
-from .models.base import DescriptorModel
 from .regions import Box, region_pixels
 from .store import Row
+
+if TYPE_CHECKING:
+    from .models.descriptor import DescriptorModel
 
 
 # How much lower decode workers run than the model when both share the CPU. onnxruntime splits
@@ -76,7 +80,7 @@ def lower_priority(niceness: int, _worker_id: int = 0) -> None:
         pass
 
 
-class _Files(Dataset):
+class _Files:
     def __init__(self, entries: Sequence[FileEntry], size: int, max_pixels: int, boxes: Sequence[Box] = (),
                  local_features: bool = False):
         self.entries = entries
@@ -116,14 +120,81 @@ def _local_features(path: str) -> bytes:
     return features.to_bytes()
 
 
-def _collate(items):
+def _collate(items, tensors: bool = False):
+    """Decoded items -> (indices, pixels (B, H, W, 3) uint8 or None, metas, failures); `tensors`
+    gives the pixels as a torch tensor (a DataLoader pins those for a GPU)."""
     good = [(i, px, meta) for i, px, meta in items if px is not None]
     bad = [(i, reason) for i, px, reason in items if px is None]
     if good and isinstance(good[0][1], tuple):  # whole images and their region crops, in one batch
-        pixels = torch.from_numpy(np.concatenate([np.stack([px[0] for _, px, _ in good])] + [px[1] for _, px, _ in good]))
+        pixels = np.concatenate([np.stack([px[0] for _, px, _ in good])] + [px[1] for _, px, _ in good])
     else:
-        pixels = torch.from_numpy(np.stack([px for _, px, _ in good])) if good else None
+        pixels = np.stack([px for _, px, _ in good]) if good else None
+    if tensors and pixels is not None:
+        import torch
+
+        pixels = torch.from_numpy(pixels)
     return [i for i, _, _ in good], pixels, [m for _, _, m in good], bad
+
+
+# ---- the two ways batches are decoded ahead of the model ------------------------------------------
+
+PREFETCH = 4  # batches decoded ahead, per worker
+
+
+def decoded_batches(dataset, batch_size: int, workers: int, niceness: int, collate, *, uses_torch: bool,
+                    pin_memory: bool = False) -> Iterator:
+    """collate(items of one batch) for consecutive batches of `dataset`, in order, decoded by
+    `workers` processes ahead of the consumer (0: in this process) at `niceness` above this one's."""
+    if uses_torch:
+        from torch.utils.data import DataLoader
+
+        yield from DataLoader(
+            dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
+            prefetch_factor=PREFETCH if workers else None, persistent_workers=False,
+            worker_init_fn=partial(start_worker, os.getpid(), niceness) if workers else None,
+        )
+        return
+    starts = range(0, len(dataset), batch_size)
+    if not workers:
+        for a in starts:
+            yield collate([dataset[i] for i in range(a, min(a + batch_size, len(dataset)))])
+        return
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = ProcessPoolExecutor(workers, initializer=_start_pool_worker, initargs=(dataset, os.getpid(), niceness))
+    window: deque = deque()
+    todo = iter(starts)
+    try:
+        for a in todo:
+            window.append(pool.submit(_decode_batch, a, min(a + batch_size, len(dataset))))
+            if len(window) >= PREFETCH * workers:
+                break
+        while window:
+            try:
+                items = window.popleft().result()
+            except BrokenProcessPool:
+                raise RuntimeError("a decode worker process stopped unexpectedly (killed, or out of memory); "
+                                   "run the same command again to resume") from None
+            a = next(todo, None)
+            if a is not None:
+                window.append(pool.submit(_decode_batch, a, min(a + batch_size, len(dataset))))
+            yield collate(items)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+_POOL_DATASET = None  # the dataset a pool worker decodes from, given once at its start
+
+
+def _start_pool_worker(dataset, parent_pid: int, niceness: int) -> None:
+    global _POOL_DATASET
+    _POOL_DATASET = dataset
+    start_worker(parent_pid, niceness)
+
+
+def _decode_batch(a: int, b: int) -> list:
+    return [_POOL_DATASET[i] for i in range(a, b)]
 
 
 @dataclass
@@ -155,17 +226,14 @@ def embed_entries(
     """
     if not entries:
         return
-    workers = default_workers(gpu=model.device.type == "cuda") if workers is None else workers
-    loader = DataLoader(
-        _Files(entries, model.input_size, max_pixels, tuple(boxes), local_features),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=model.device.type == "cuda",
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
+    gpu = model.device.type == "cuda"
+    workers = default_workers(gpu=gpu) if workers is None else workers
+    uses_torch = getattr(model, "uses_torch", True)
+    loader = decoded_batches(
+        _Files(entries, model.input_size, max_pixels, tuple(boxes), local_features), batch_size, workers,
         # On a GPU the decoders are the pipeline's limit and keep their full priority.
-        worker_init_fn=partial(start_worker, os.getpid(), CPU_DECODE_NICENESS if model.device.type == "cpu" else 0),
+        CPU_DECODE_NICENESS if model.device.type == "cpu" else 0,
+        partial(_collate, tensors=uses_torch), uses_torch=uses_torch, pin_memory=gpu,
     )
     for indices, pixels, metas, bad in loader:
         rows = []
@@ -196,7 +264,7 @@ class RegionBatch:
     failed: list[tuple[int, str]]  # (item, reason): files that could not be decoded now
 
 
-class _Requests(Dataset):
+class _Requests:
     """(path, boxes) requests: each file decoded once, at the resolution its smallest box needs."""
 
     def __init__(self, requests: Sequence[tuple[str, Sequence[Box]]], size: int, max_pixels: int):
@@ -217,7 +285,7 @@ def _collate_requests(items):
     return items  # each item keeps its own stack of crops
 
 
-def _threaded(dataset: Dataset, per_batch: int, threads: int):
+def _threaded(dataset: _Requests, per_batch: int, threads: int):
     """The dataset's items in lists of `per_batch`, prepared on `threads` threads ahead of the
     consumer (Pillow releases the GIL while it decodes and resizes). Meant for the few hundred
     requests of one chunk: every item is submitted at once."""
@@ -257,11 +325,8 @@ def embed_regions(
     if workers == 0 and threads > 0:
         loader = _threaded(dataset, per_batch, threads)
     else:
-        loader = DataLoader(
-            dataset, batch_size=per_batch, num_workers=workers, collate_fn=_collate_requests,
-            prefetch_factor=4 if workers else None,
-            worker_init_fn=partial(lower_priority, CPU_DECODE_NICENESS) if model.device.type == "cpu" and workers else None,
-        )
+        loader = decoded_batches(dataset, per_batch, workers, CPU_DECODE_NICENESS if model.device.type == "cpu" else 0,
+                                 _collate_requests, uses_torch=getattr(model, "uses_torch", True))
     for items in loader:
         owner: list[int] = []
         boxes: list[Box] = []
@@ -275,7 +340,7 @@ def embed_regions(
             boxes.extend(requests[i][1])
             stacks.append(pixels)
         if stacks:
-            descriptors = model.embed(torch.from_numpy(np.concatenate(stacks)))
+            descriptors = model.embed(np.concatenate(stacks))
         else:
             descriptors = np.zeros((0, model.dim), np.float32)
         yield RegionBatch(np.asarray(owner, dtype=np.int64), boxes, descriptors, failed)

@@ -235,18 +235,15 @@ def _prepare_discover(spec, files):
 
 
 def _prepare_decode(spec, files):
-    from torch.utils.data import DataLoader
-
     from .discover import FileEntry
-    from .embed import _collate, _Files
+    from .embed import _collate, _Files, decoded_batches
 
     entries = [FileEntry(p, 0, 0) for p in files]
 
     def work():
-        loader = DataLoader(_Files(entries, spec["size"], 250_000_000), batch_size=spec["batch_size"],
-                            num_workers=spec["workers"], collate_fn=_collate,
-                            prefetch_factor=4 if spec["workers"] else None)
-        for _ in loader:
+        # The decode pool an ONNX model on the CPU gets (copyscan.embed), at the workers' priority.
+        for _ in decoded_batches(_Files(entries, spec["size"], 250_000_000), spec["batch_size"], spec["workers"], 0,
+                                 _collate, uses_torch=False):
             pass
 
     return work, len(files), ""

@@ -54,3 +54,59 @@ def test_default_workers_by_device(monkeypatch):
     assert embed.default_workers(gpu=True) == 15  # GPU: decoding is the limit; one core feeds it
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
     assert embed.default_workers() == 1 and embed.default_workers(gpu=True) == 1
+
+
+class _TorchFreeProbe(_NicenessProbe):
+    """The same probe, run as a model that needs no torch (an ONNX model on the CPU is one)."""
+
+    uses_torch = False
+
+    def __init__(self):
+        super().__init__()
+        from copyscan.models.descriptor import CPU
+
+        self.device = CPU
+
+
+def _decode_reports_order(path, size, max_pixels):
+    n = int(os.path.basename(path).split(".")[0])
+    return Decoded(np.full((size, size, 3), n, np.uint8), 1, 1, path, path)
+
+
+def test_torch_free_decode_pool_keeps_order_and_priority(monkeypatch):
+    entries = [FileEntry(f"/x/{i}.jpg", 1, 1) for i in range(23)]
+    monkeypatch.setattr(decode, "decode_file", _decode_reports_order)
+    for workers in (0, 2):
+        batches = list(embed.embed_entries(entries, _TorchFreeProbe(), batch_size=4, workers=workers))
+        assert [int(v) for b in batches for v in b.descriptors[:, 0]] == list(range(23))
+        assert [r.path for b in batches for r in b.rows] == [e.path for e in entries]
+    monkeypatch.setattr(decode, "decode_file", _decode_reports_niceness)
+    before = os.nice(0)
+    seen = {int(v) for b in embed.embed_entries(entries[:6], _TorchFreeProbe(), batch_size=2, workers=2)
+            for v in b.descriptors[:, 0]}
+    assert seen == {min(19, before + embed.CPU_DECODE_NICENESS)}
+
+
+def _decode_dies(path, size, max_pixels):
+    os._exit(3)  # a decoder killed mid-file (the OOM killer, a crash in a codec)
+
+
+def test_a_decode_worker_that_dies_is_reported_clearly(monkeypatch):
+    import pytest
+
+    monkeypatch.setattr(decode, "decode_file", _decode_dies)
+    entries = [FileEntry(f"/x/{i}.jpg", 1, 1) for i in range(4)]
+    with pytest.raises(RuntimeError, match="decode worker process stopped unexpectedly.*run the same command again"):
+        list(embed.embed_entries(entries, _TorchFreeProbe(), batch_size=2, workers=1))
+
+
+def test_known_cpu_without_torch(monkeypatch):
+    from copyscan.models import descriptor
+
+    assert descriptor.known_cpu("cpu") and not descriptor.known_cpu("cuda")
+    monkeypatch.delitem(descriptor.sys.modules, "torch", raising=False)  # put back after the test
+    monkeypatch.setattr(descriptor.sys, "platform", "linux")
+    monkeypatch.setattr(descriptor.os.path, "exists", lambda p: False)
+    assert descriptor.known_cpu("auto")  # no GPU driver files: torch would find none either
+    monkeypatch.setattr(descriptor.os.path, "exists", lambda p: p == "/dev/nvidiactl")
+    assert not descriptor.known_cpu("auto")  # ask torch

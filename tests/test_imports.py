@@ -157,14 +157,32 @@ def test_help_and_models_import_no_torch():
     assert _fresh(code) == []
 
 
+def test_index_and_query_with_the_default_model_import_no_torch(tmp_path):
+    """On a CPU the shipped model runs as its int8 ONNX twin, decoded by the torch-free pool: no
+    torch at all (1.2-2 s of start-up here). Skipped where a GPU driver is present (torch runs)."""
+    from copyscan.models.descriptor import GPU_DEVICE_FILES
+
+    if not sys.platform.startswith("linux") or any(os.path.exists(p) for p in GPU_DEVICE_FILES):
+        pytest.skip("no sign here that the machine has no GPU: torch is asked which device to use")
+    for s in range(3):
+        make_photo(tmp_path / "photos" / f"p{s}.jpg", size=(64, 48), seed=s)
+    run = ("from typer.testing import CliRunner\nfrom copyscan.cli import app\n"
+           "for args in (['index', 'photos', '--index-dir', 'idx', '-q'], ['query', 'photos', '--index', 'idx', '-q'],\n"
+           "             ['query', 'photos', '--index', 'idx', '--no-regions', '-o', 'q2', '-q']):\n"
+           "    r = CliRunner().invoke(app, args); assert r.exit_code == 0, r.output\n")
+    loaded = _fresh(run + LOADED, cwd=tmp_path)
+    assert "onnxruntime" in loaded and "torch" not in loaded and "timm" not in loaded
+    assert (tmp_path / "copyscan-query" / "matches.csv").exists() and (tmp_path / "q2" / "matches.csv").exists()
+
+
 def test_index_of_an_unchanged_folder_loads_no_model(tmp_path, tiny_model_path):
     for s in range(3):
         make_photo(tmp_path / "photos" / f"p{s}.jpg", size=(64, 48), seed=s)
     run = ("from typer.testing import CliRunner\nfrom copyscan.cli import app\n"
            f"r = CliRunner().invoke(app, ['index', 'photos', '--index-dir', 'idx', '--model', {str(tiny_model_path)!r}, '-j', '0', '-q'])\n"
            "assert r.exit_code == 0, r.output\nprint(r.output)\n")
-    first = _fresh(run + "import json, sys; print(json.dumps('torch' in sys.modules))", cwd=tmp_path)
-    assert first is True  # the first run embeds: it needs the model
+    first = _fresh(run + "import json, sys; print(json.dumps('onnxruntime' in sys.modules))", cwd=tmp_path)
+    assert first is True  # the first run embeds: it needs the model (on a CPU, its ONNX twin)
     faiss_file = tmp_path / "idx" / "index.faiss"
     before = faiss_file.stat().st_mtime_ns
     loaded = _fresh(run + LOADED, cwd=tmp_path)  # reads the shards' file list and the manifest only

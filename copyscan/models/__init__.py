@@ -28,7 +28,7 @@ _REGISTRY: dict[str, ModelSpec] = {}
 # name -> submodule for the names that import torch: `from copyscan.models import TorchDescriptor`
 # keeps working, and costs torch only when it is asked for.
 _TORCH_EXPORTS = {
-    "DescriptorModel": "base", "DescriptorNet": "base", "GeM": "base", "TorchDescriptor": "base",
+    "DescriptorModel": "descriptor", "DescriptorNet": "base", "GeM": "base", "TorchDescriptor": "base",
     "resolve_device": "base", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
 }
 
@@ -140,7 +140,7 @@ def load_model_file(path: str, device: str = "auto") -> DescriptorModel:
 
         return load_checkpoint(path, device)
     if lower.endswith(".onnx"):
-        from .sscd import OnnxDescriptor
+        from .onnx_model import OnnxDescriptor
 
         return OnnxDescriptor(path, name)
     if lower.endswith((".pt", ".pth", ".torchscript")):

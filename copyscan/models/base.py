@@ -1,8 +1,6 @@
-"""What every descriptor model offers the pipeline, whatever runs it (torch, TorchScript, ONNX).
-
-Models take batches of uint8 RGB pixels, NHWC, at their declared `input_size`, and return
-L2-normalised float32 descriptors. Normalisation happens inside the model, on its device: the
-decode workers stay model-agnostic and a GPU receives a quarter of the bytes.
+"""torch models: `TorchDescriptor` runs an nn.Module on the CPU or a GPU; `DescriptorNet` is
+copyscan's trunk -> GeM -> projector net. What every model offers the pipeline
+(`DescriptorModel`) is torch-free, in descriptor.py, and re-exported here.
 
 This module imports torch; what a model *is* (ModelInfo, ModelSpec) lives in copyscan.identity.
 """
@@ -17,29 +15,7 @@ import torch.nn.functional as F
 # The identity types are torch-free (copyscan.identity); re-exported for code that imports them here.
 from ..errors import ModelUnavailable
 from ..identity import ModelInfo, ModelSpec, sha256_file
-
-
-class DescriptorModel:
-    """A loaded model ready to embed batches; subclasses implement `_forward`."""
-
-    info: ModelInfo
-    device: torch.device
-
-    def embed(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
-        """(B, H, W, 3) uint8 -> (B, dim) float32, L2-normalised."""
-        raise NotImplementedError
-
-    @property
-    def name(self) -> str:
-        return self.info.name
-
-    @property
-    def dim(self) -> int:
-        return self.info.dim
-
-    @property
-    def input_size(self) -> int:
-        return self.info.input_size
+from .descriptor import DescriptorModel
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -24,9 +24,15 @@ import os
 import re
 import warnings
 
+from typing import TYPE_CHECKING
+
 from ..errors import ModelUnavailable
 from ..identity import ModelInfo
-from .base import DescriptorModel, TorchDescriptor, resolve_device
+from .descriptor import known_cpu
+
+if TYPE_CHECKING:
+    from .descriptor import DescriptorModel
+    from .base import TorchDescriptor
 
 RUNTIMES = ("auto", "torch", "onnx", "onnx-fp32")
 INT8_SUFFIX = ".int8.onnx"  # the shipped int8 twin of `name.safetensors` is `name.int8.onnx`
@@ -59,7 +65,11 @@ def _installed(module: str) -> bool:
 def for_this_machine(model: DescriptorModel, runtime: str | None = None) -> DescriptorModel:
     """`model`, or the same model on ONNX Runtime when it is a torch model on the CPU."""
     choice = requested_runtime(runtime)
-    if choice == "torch" or not isinstance(model, TorchDescriptor) or model.device.type != "cpu":
+    if choice == "torch" or not model.uses_torch or model.device.type != "cpu":
+        return model  # (a model that runs without torch is left so without importing torch)
+    from .base import TorchDescriptor
+
+    if not isinstance(model, TorchDescriptor):
         return model
     if not onnx_available():
         if choice in ("onnx", "onnx-fp32"):
@@ -89,7 +99,7 @@ def cached_twin(info: ModelInfo, device: str, runtime: str | None = None) -> Des
     net first would import timm and torchvision (about 3 s of every command's start-up on this
     CPU) only to be dropped."""
     choice = requested_runtime(runtime)
-    if choice == "torch" or resolve_device(device).type != "cpu" or not onnx_available(export=False):
+    if choice == "torch" or not onnx_available(export=False) or not _on_cpu(device):
         return None
     if choice != "onnx-fp32":
         twin = shipped_int8_twin(info)
@@ -102,6 +112,15 @@ def cached_twin(info: ModelInfo, device: str, runtime: str | None = None) -> Des
         return _twin_at(path, info)
     except ModelUnavailable:
         return None  # a damaged or mismatched cache file: the slow path exports it again
+
+
+def _on_cpu(device) -> bool:
+    """Whether `device` resolves to the CPU; torch is asked only where no cheaper sign says so."""
+    if known_cpu(device):
+        return True
+    from .base import resolve_device
+
+    return resolve_device(device).type == "cpu"
 
 
 def int8_twin_path(info: ModelInfo) -> str | None:
@@ -130,7 +149,7 @@ def shipped_int8_twin(info: ModelInfo) -> DescriptorModel | None:
 
 
 def _twin_at(path, info: ModelInfo) -> DescriptorModel:
-    from .sscd import OnnxDescriptor
+    from .onnx_model import OnnxDescriptor
 
     twin = OnnxDescriptor(path, info.name)
     if twin.dim != info.dim or twin.input_size != info.input_size:
