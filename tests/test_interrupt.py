@@ -134,7 +134,7 @@ def _assert_complete(index_dir: Path, expected: set[str]) -> None:
 
 @pytest.mark.slow  # four interpreter starts (~40 s on 2 busy cores); Ctrl-C below covers resume in CI
 def test_sigkill_at_random_moments_then_a_run_that_finishes(tmp_path, tiny_model_path, cache_dir):
-    expected = _photos(tmp_path / "photos", 240)
+    expected = _photos(tmp_path / "photos", 720)
     idx = tmp_path / "idx"
     env = _env(cache_dir)
     rng = random.Random(6)
