@@ -286,6 +286,7 @@ def models() -> None:
     import textwrap
 
     from .models import list_models, model_threshold
+    from .models.runtime import INT8_SUFFIX
 
     # One block per model, wrapped to the terminal: a table squeezed into 80 columns cut almost
     # every cell ("Apache-...", "copysca..."). Names are what users type: never wrapped.
@@ -296,9 +297,11 @@ def models() -> None:
             out.print()
         out.print(f"[bold]{_esc(name)}[/]")
         own = model_threshold(m.name)
+        int8 = bool(m.checkpoint) and os.path.isfile(m.checkpoint[: -len(".safetensors")] + INT8_SUFFIX)
         for text in (f"{m.dim}-d descriptor, {m.input_size} px input; licence: {m.license}", m.description,
                      f"default threshold: {own:g} (calibrated for this model)" if own is not None else "",
-                     f"needs: {m.requires}" if m.requires else ""):
+                     f"needs: {m.requires}" if m.requires else "",
+                     "on a CPU: its shipped int8 twin (COPYSCAN_RUNTIME=onnx-fp32 for the exact fp32 one)" if int8 else ""):
             for line in textwrap.wrap(text, width - 1, initial_indent="  ", subsequent_indent="    ",
                                       break_long_words=False, break_on_hyphens=False):
                 out.print(_esc(line))

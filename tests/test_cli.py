@@ -542,6 +542,9 @@ def test_unknown_model(cwd):
 def test_models_command_and_version():
     r = cli("models")
     assert "lite0_gem" in r.stdout and "copyscan_lite0_128 (default)" in r.stdout and "copyscan_lite0_64" in r.stdout
+    # The shipped models say a CPU runs their int8 twin; lite0_gem (no twin shipped) does not.
+    blocks = {b.split("\n", 1)[0].split(" ")[0]: b for b in r.stdout.split("\n\n")}
+    assert "int8 twin" in blocks["copyscan_lite0_128"] and "int8 twin" not in blocks["lite0_gem"]
     r = cli("--version")
     assert "copyscan" in r.stdout
 

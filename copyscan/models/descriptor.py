@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 import sys
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..identity import ModelInfo
+
+if TYPE_CHECKING:  # numpy is not needed to list or describe models (`copyscan models`, --help)
+    import numpy as np
 
 
 class CpuDevice:
