@@ -20,6 +20,7 @@ import numpy as np
 
 from .decode import DEFAULT_MAX_PIXELS, decode_or_reason, or_reason
 from .discover import FileEntry, Skipped
+from .errors import WorkerLost
 from .regions import Box, region_pixels
 from .store import Row
 
@@ -174,8 +175,8 @@ def decoded_batches(dataset, batch_size: int, workers: int, niceness: int, colla
             try:
                 items = window.popleft().result()
             except BrokenProcessPool:
-                raise RuntimeError("a decode worker process stopped unexpectedly (killed, or out of memory); "
-                                   "run the same command again to resume") from None
+                raise WorkerLost("a decode worker process stopped unexpectedly (killed, or out of memory); "
+                                 "run the same command again to resume") from None
             a = next(todo, None)
             if a is not None:
                 window.append(pool.submit(_decode_batch, a, min(a + batch_size, len(dataset))))

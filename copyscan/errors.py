@@ -38,8 +38,14 @@ class WriteError(UserError):
         self.errno = code
 
 
+class WorkerLost(UserError):
+    """A decode worker process that died under the run (killed, out of memory): not bad input,
+    but nothing of ours to fix either; the message says the run resumes where it stopped."""
+
+
 class Interrupted(RuntimeError):
     """Ctrl-C (or SIGTERM) during a long run; the work done so far is saved (exit 130, not an error)."""
 
 
-__all__ = ["ConfigError", "ExportError", "IndexFolderError", "Interrupted", "ModelUnavailable", "UserError", "WriteError"]
+__all__ = ["ConfigError", "ExportError", "IndexFolderError", "Interrupted", "ModelUnavailable", "UserError", "WorkerLost",
+           "WriteError"]

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 from .discover import FileEntry, Skipped, discover, under
-from .errors import Interrupted, UserError, WriteError
+from .errors import Interrupted, UserError, WorkerLost, WriteError
 from .extraction import Extraction
 from .identity import ModelInfo
 from .models import LazyModel
@@ -315,6 +315,9 @@ def _index_locked(store: IndexStore, root: str, model: LazyModel, extraction: Ex
             raise Interrupted(
                 f"interrupted: {writer.written} images saved in {store.folder}; run the same command again to resume"
             ) from None
+        except WorkerLost as exc:  # a decoder killed under the run (embed.py): what was embedded is kept
+            writer.flush()
+            raise WorkerLost(f"{exc} ({writer.written} images saved in {store.folder})") from None
         except WriteError as exc:  # a full disk, a protected folder: said with what was saved
             saved = f" ({writer.written} images were saved; the same command resumes)" if writer.written else ""
             raise WriteError(f"{exc}{saved}", exc.path, exc.errno) from None

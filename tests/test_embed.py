@@ -96,7 +96,10 @@ def test_a_decode_worker_that_dies_is_reported_clearly(monkeypatch):
 
     monkeypatch.setattr(decode, "decode_file", _decode_dies)
     entries = [FileEntry(f"/x/{i}.jpg", 1, 1) for i in range(4)]
-    with pytest.raises(RuntimeError, match="decode worker process stopped unexpectedly.*run the same command again"):
+    from copyscan.errors import UserError
+
+    # A UserError: the CLI says it on one line (exit 1), not as an internal error.
+    with pytest.raises(UserError, match="decode worker process stopped unexpectedly.*run the same command again"):
         list(embed.embed_entries(entries, _TorchFreeProbe(), batch_size=2, workers=1))
 
 
@@ -110,3 +113,39 @@ def test_known_cpu_without_torch(monkeypatch):
     assert descriptor.known_cpu("auto")  # no GPU driver files: torch would find none either
     monkeypatch.setattr(descriptor.os.path, "exists", lambda p: p == "/dev/nvidiactl")
     assert not descriptor.known_cpu("auto")  # ask torch
+
+
+def test_index_keeps_what_was_embedded_when_a_decoder_dies(tmp_path, monkeypatch, tiny_model_path):
+    """`copyscan index` whose decode worker is killed mid-run: one line (exit 1, no internal
+    error), the batches embedded before it saved, and the next run embeds only the rest."""
+    import subprocess
+    import sys
+
+    from conftest import make_photo
+
+    for i in range(40):
+        make_photo(tmp_path / "photos" / f"p{i:02d}.jpg", size=(64, 48), seed=i)
+    # The 31st file kills its decoder: the whole worker process goes, as under the OOM killer.
+    probe = (
+        "import os, sys\n"
+        "from copyscan import decode\n"
+        "real = decode.decode_file\n"
+        "def dies(path, *a, **k):\n"
+        "    if path.endswith('p30.jpg') and not os.environ.get('SPARE'): os._exit(9)\n"
+        "    return real(path, *a, **k)\n"
+        "decode.decode_file = dies\n"
+        "from copyscan.cli import main\n"
+        "sys.argv = ['copyscan', 'index', 'photos', '--index-dir', 'idx', '--model', sys.argv[1], '-j', '1', '-b', '4', '-q']\n"
+        "main()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "COPYSCAN_FLUSH_ROWS"}  # one shard a run: saved by the flush
+    r = subprocess.run([sys.executable, "-c", probe, str(tiny_model_path)], cwd=tmp_path, capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "decode worker process stopped unexpectedly" in r.stderr and "internal error" not in r.stderr
+    assert "images saved" in r.stderr
+    r = subprocess.run([sys.executable, "-c", probe, str(tiny_model_path)], cwd=tmp_path, capture_output=True, text=True,
+                       env={**env, "SPARE": "1"}, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    embedded = int(r.stdout.split(" embedded")[0].rsplit(" ", 1)[-1])
+    assert 0 < embedded < 40  # the first run's batches were kept
