@@ -286,7 +286,7 @@ def models() -> None:
     import textwrap
 
     from .models import list_models, model_threshold
-    from .models.runtime import INT8_SUFFIX
+    from .models.runtime import int8_twin_path
 
     # One block per model, wrapped to the terminal: a table squeezed into 80 columns cut almost
     # every cell ("Apache-...", "copysca..."). Names are what users type: never wrapped.
@@ -297,7 +297,8 @@ def models() -> None:
             out.print()
         out.print(f"[bold]{_esc(name)}[/]")
         own = model_threshold(m.name)
-        int8 = bool(m.checkpoint) and os.path.isfile(m.checkpoint[: -len(".safetensors")] + INT8_SUFFIX)
+        twin = int8_twin_path(m.checkpoint)
+        int8 = twin is not None and os.path.isfile(twin)
         for text in (f"{m.dim}-d descriptor, {m.input_size} px input; licence: {m.license}", m.description,
                      f"default threshold: {own:g} (calibrated for this model)" if own is not None else "",
                      f"needs: {m.requires}" if m.requires else "",

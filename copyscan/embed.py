@@ -166,9 +166,13 @@ def decoded_batches(dataset, batch_size: int, workers: int, niceness: int, colla
     pool = ProcessPoolExecutor(workers, initializer=_start_pool_worker, initargs=(dataset, os.getpid(), niceness))
     window: deque = deque()
     todo = iter(starts)
+
+    def submit(a: int) -> None:
+        window.append(pool.submit(_decode_batch, a, min(a + batch_size, len(dataset))))
+
     try:
         for a in todo:
-            window.append(pool.submit(_decode_batch, a, min(a + batch_size, len(dataset))))
+            submit(a)
             if len(window) >= PREFETCH * workers:
                 break
         while window:
@@ -179,7 +183,7 @@ def decoded_batches(dataset, batch_size: int, workers: int, niceness: int, colla
                                  "run the same command again to resume") from None
             a = next(todo, None)
             if a is not None:
-                window.append(pool.submit(_decode_batch, a, min(a + batch_size, len(dataset))))
+                submit(a)
             yield collate(items)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

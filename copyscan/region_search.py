@@ -120,8 +120,8 @@ class RegionSettings:
         d = float(threshold) - self.tuned_at
         move = lambda band: None if band is None else (band[0] + d, band[1] + d)  # noqa: E731
         return replace(self, crop_from=self.crop_from + d, crop_below=self.crop_below + d,
-                                   place_from=self.place_from + d, verify_band=move(self.verify_band),
-                                   unstored_band=move(self.unstored_band), tuned_at=float(threshold))
+                       place_from=self.place_from + d, verify_band=move(self.verify_band),
+                       unstored_band=move(self.unstored_band), tuned_at=float(threshold))
 
     def band(self, stored: bool) -> tuple[float, float] | None:
         """The verify band where the references' features are stored, or not."""
@@ -354,7 +354,7 @@ def query_batches_with_regions(loaded, entries, model, extraction, top_k: int, t
     use_region_rows = settings.reference_regions and rows.has_regions
     params = None if use_region_rows else whole_image_params(loaded.index, rows)
     per_image = rows.per_image if use_region_rows else 1
-    widen = 4 if loaded.margin else 1  # approximate scores: more candidates, re-scored exactly
+    widen = loaded.fetch_factor  # approximate scores: more candidates, re-scored exactly
     refiner = Refiner(model, loaded.index, rows, loaded.post, settings, report_floor=floor, anchor=loaded.threshold,
                       batch_size=extraction.batch_size, workers=0, max_pixels=extraction.max_pixels,
                       stored=stored_features(loaded), exact=loaded.exact_top, widen=widen)

@@ -62,6 +62,12 @@ class LoadedIndex:
         order = np.lexsort((-scores, rows))
         return rows[order], ids[order], scores[order]
 
+    @property
+    def fetch_factor(self) -> int:
+        """How many times the asked-for hits to fetch: with approximate scores, more candidates,
+        re-scored exactly (`exact`, `exact_top`), from which the best are kept."""
+        return 4 if self.margin else 1
+
     def exact_top(self, queries: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """(n, k) FAISS hits' scores, re-scored exactly where the index's are approximate (ids
         of -1, no hit, keep -inf); the scores as they are for an exact index."""
@@ -151,9 +157,8 @@ def query_batches(loaded: LoadedIndex, entries: Sequence[FileEntry], model: Desc
         queries = queries_of(loaded.post, batch.descriptors)
         # One more than asked: the query itself may be in the index. Whole-image rows only: an
         # index built with --regions searches as one without (region_search uses the others).
-        # With approximate scores, four times that many candidates, re-scored exactly, from which
-        # the best are kept.
-        k = (top_k + 1) * (4 if loaded.margin else 1)
+        # With approximate scores, more candidates (LoadedIndex.fetch_factor), re-scored exactly.
+        k = (top_k + 1) * loaded.fetch_factor
         rows, ids, scores = ann.search_above_flat(loaded.index, queries, floor - loaded.margin, k=k, max_k=k,
                                                   params=whole_image_params(loaded.index, loaded.rows))
         rows, ids, scores = loaded.exact(queries, rows, ids, scores, floor)

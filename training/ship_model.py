@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from copyscan.models.checkpoint import load_checkpoint, read_config, save_checkpoint  # noqa: E402
-from copyscan.models.runtime import INT8_SUFFIX  # noqa: E402
+from copyscan.models.runtime import int8_twin_path  # noqa: E402
 
 LICENCE = "Apache-2.0 (Lite0 ImageNet start: Apache-2.0; distilled from SSCD, MIT)"
 
@@ -60,7 +60,7 @@ def ship(source: str, name: str, input_size: int | None = None, description: str
     os.makedirs(weights_dir, exist_ok=True)
     target = Path(weights_dir) / f"{name}.safetensors"
     save_checkpoint(net, config, target, half=True)
-    twin = Path(weights_dir) / f"{name}{INT8_SUFFIX}"
+    twin = Path(int8_twin_path(str(target)))
     if int8_calibration:
         from copyscan.export import export_onnx
 

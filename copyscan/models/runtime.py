@@ -123,26 +123,24 @@ def _on_cpu(device) -> bool:
     return resolve_device(device).type == "cpu"
 
 
-def int8_twin_path(info: ModelInfo) -> str | None:
-    """Where the int8 twin of a checkpoint would lie (beside it), or None for a model with no file."""
-    source = info.source
-    if not source or not source.lower().endswith(".safetensors"):
+def int8_twin_path(checkpoint: str | None) -> str | None:
+    """Where the int8 twin of a checkpoint file would lie (beside it); None for no checkpoint."""
+    if not checkpoint or not checkpoint.lower().endswith(".safetensors"):
         return None
-    return source[: -len(".safetensors")] + INT8_SUFFIX
+    return checkpoint[: -len(".safetensors")] + INT8_SUFFIX
 
 
 def shipped_int8_twin(info: ModelInfo) -> DescriptorModel | None:
     """The int8 ONNX twin beside the checkpoint `info` came from, if there is one exported from
     these very weights; None otherwise (a retrained checkpoint never runs a stale twin)."""
-    path = int8_twin_path(info)
+    path = int8_twin_path(info.source)
     if path is None or not os.path.isfile(path):
         return None
     try:
         twin = _twin_at(path, info)
     except ModelUnavailable:
         return None
-    config = getattr(twin, "config", {})
-    if config.get("source_sha256") != info.weights_sha256 or config.get("precision") != "int8":
+    if twin.config.get("source_sha256") != info.weights_sha256 or twin.config.get("precision") != "int8":
         return None
     twin.info = dataclasses.replace(info, runtime="onnxruntime-int8")
     return twin
