@@ -275,7 +275,7 @@ def test_match_term_learns_the_teachers_view_embeddings_and_resumes(train_photos
     kw = dict(teacher=str(other_model_path), w_con=0.0, w_rel=0.0, w_align=0.0, w_match=1.0, lr=0.05,
               holdout_every=0, steps=10, batch_size=8, bank_size=16, queue_size=16)
     fitted = HardRun(tiny_config(train_photos, tmp_path / "fit", tiny_model_path, **kw))
-    assert fitted.match_head is not None and fitted.view_teacher is not None
+    assert fitted.match_head is not None
     fitted.run(stop_after=1)
     assert read_jsonl(tmp_path / "fit" / "metrics.jsonl")[0]["match"] < 0.05
 
@@ -301,3 +301,28 @@ def test_match_term_learns_the_teachers_view_embeddings_and_resumes(train_photos
 def test_rel_anchor_is_checked(train_photos, tiny_model_path, tmp_path):
     with pytest.raises(Exception, match="rel-anchor"):
         HardRun(tiny_config(train_photos, tmp_path / "x", tiny_model_path, rel_anchor="both"))
+
+
+def test_view_teacher_in_loader_workers_gives_the_same_steps(train_photos, tiny_model_path, other_model_path,
+                                                             tmp_path):
+    """The teacher of each hard view runs in the loader's workers (where a GPU run needs it);
+    the steps are the same as with the teacher in the training process."""
+    kw = dict(teacher=str(other_model_path), rel_anchor="view", rel_space="feature", w_hn=1.0, steps=3, eval_every=10)
+    HardRun(tiny_config(train_photos, tmp_path / "main", tiny_model_path, workers=0, **kw)).run()
+    HardRun(tiny_config(train_photos, tmp_path / "workers", tiny_model_path, workers=2, **kw)).run()
+    main, workers = read_jsonl(tmp_path / "main" / "metrics.jsonl"), read_jsonl(tmp_path / "workers" / "metrics.jsonl")
+    assert [r["step"] for r in workers] == [1, 2, 3]
+    for a, b in zip(main, workers):
+        for key in ("loss", "rel", "hn", "align"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["step"], key)
+
+
+def test_a_timed_run_stops_saved_and_scores_its_last_step(train_photos, tiny_model_path, tmp_path):
+    run = HardRun(tiny_config(train_photos, tmp_path / "t", tiny_model_path, eval_every=100, steps=50))
+    run.run(seconds=0)  # the time is up after the first step
+    assert run.step == 1
+    evals = read_jsonl(tmp_path / "t" / "eval.jsonl")
+    assert [e["step"] for e in evals] == [0, 1]
+    assert (tmp_path / "t" / "model.safetensors").exists() and (tmp_path / "t" / "state.pt").exists()
+    assert HardRun(tiny_config(train_photos, tmp_path / "t", tiny_model_path, eval_every=100, steps=50),
+                   resume=True).step == 1

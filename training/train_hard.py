@@ -3,6 +3,8 @@
     python training/train_hard.py ../shared/data/imagenette-train --output /work/runs/hard160 \\
         --start copyscan/weights/copyscan_lite0_128.safetensors
     # interrupted, or to train longer: the same command plus --resume (and a larger --steps)
+    # on a GPU: --device cuda --workers 15 (each loader worker runs its own teacher of the views;
+    # training/gpu_train.sh is the script run on the lent H200), --minutes to end inside a lease
 
 Run it in the background at low priority on a shared machine:
     nohup nice -n 19 python training/train_hard.py ... > RUN/stdout.log 2>&1 &
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--start", required=True, help="copyscan checkpoint to fine-tune")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--stop-after", type=int, help="stop (state saved) once this step is reached")
+    ap.add_argument("--minutes", type=float, help="stop (state saved, last step scored) after this much training")
     defaults = HardConfig("", "", "")
     for f in fields(HardConfig):
         if f.name in ("data_dir", "output", "start"):
@@ -42,11 +45,11 @@ def main(argv: list[str] | None = None) -> None:
         else:
             ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(value), default=value)
     args = vars(ap.parse_args(argv))
-    resume, stop_after = args.pop("resume"), args.pop("stop_after")
+    resume, stop_after, minutes = args.pop("resume"), args.pop("stop_after"), args.pop("minutes")
     config = HardConfig(**args)
     run = HardRun(config, resume=resume)
     print(f"step {run.step}; training on {len(run.paths)} photos, {len(run.held)} held out", flush=True)
-    last = run.run(stop_after)
+    last = run.run(stop_after, seconds=minutes * 60 if minutes is not None else None)
     print(json.dumps(last), flush=True)
 
 

@@ -41,6 +41,9 @@ class OnnxDescriptor(DescriptorModel):
             raise ModelUnavailable(f"{name} needs onnxruntime: {ONNX_INSTALL_HINT}") from None
         path = os.fspath(path)
         options = ort.SessionOptions()
+        # COPYSCAN_ORT_THREADS caps a process's threads where several processes share the cores
+        # (each of a training run's loader workers runs its own teacher).
+        threads = threads or int(os.environ.get("COPYSCAN_ORT_THREADS", "0") or 0)
         if threads:
             options.intra_op_num_threads = threads
         # Idle inference threads sleep instead of spinning: the decode workers need those cores

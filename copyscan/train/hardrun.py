@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from ..decode import decode_file
 from ..edits import TrainAugment
 from ..edits.hard import HardAugment
-from ..models.base import ModelUnavailable
+from ..models.base import ModelUnavailable, resolve_device
 from ..models.checkpoint import load_checkpoint, read_config, save_checkpoint
 from . import heldout as heldout_mod
 from .data import SampleOrder, list_images, open_substituted, view_seed
@@ -113,6 +113,8 @@ class HardConfig:
     log_every: int = 10
     workers: int = 1
     threads: int = 0  # torch threads; 0: torch's default
+    teacher_threads: int = 1  # ONNX Runtime threads of each loader worker's view teacher (rel_anchor "view", L_match)
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto"; a run may move between them on resume
     seed: int = 0
 
     def to_json(self) -> dict:
@@ -120,7 +122,7 @@ class HardConfig:
 
     # Settings that may change when a run is resumed (how long, how often, how fast).
     RESUMABLE_CHANGES = ("steps", "eval_every", "checkpoint_every", "log_every", "workers", "threads", "output",
-                         "decay_steps", "lr")
+                         "decay_steps", "lr", "device", "teacher_threads")
 
 
 def lr_at(c: HardConfig, step: int) -> float:
@@ -162,9 +164,32 @@ class HardViews(torch.utils.data.Dataset):
         return np.asarray(query, np.uint8), np.asarray(key.convert("RGB"), np.uint8), image
 
 
-def _collate(items):
-    return (torch.from_numpy(np.stack([q for q, _, _ in items])), torch.from_numpy(np.stack([k for _, k, _ in items])),
-            torch.tensor([i for _, _, i in items], dtype=torch.long))
+class _Collate:
+    """Stacks a batch and, when the recipe needs it, has the teacher embed its hard views there.
+
+    It runs in the loader's worker processes, each with its own teacher (loaded on its first
+    batch, ONNX Runtime on `teacher_threads` threads): the teacher pass per view was a seventh of
+    a CPU step when the training process ran it, and it left a GPU waiting for the whole of it.
+    Spread over the workers it overlaps the student's step instead.
+    """
+
+    def __init__(self, c: HardConfig):
+        self.c = c
+        self.teacher = None
+
+    def __call__(self, items):
+        query = torch.from_numpy(np.stack([q for q, _, _ in items]))
+        key = torch.from_numpy(np.stack([k for _, k, _ in items]))
+        images = torch.tensor([i for _, _, i in items], dtype=torch.long)
+        if not (self.c.w_match or self.c.rel_anchor == "view"):
+            return query, key, images, None
+        if self.teacher is None:
+            os.environ["COPYSCAN_ORT_THREADS"] = str(self.c.teacher_threads)
+            self.teacher = load_teacher(self.c.teacher, "cpu")
+        # The same pixels the student sees, squashed to the teacher's size (160: as the originals).
+        t_view = F.normalize(torch.from_numpy(np.asarray(self.teacher.embed(to_size(query, self.c.teacher_size)),
+                                                         np.float32)), dim=1)
+        return query, key, images, t_view
 
 
 class _Batches(torch.utils.data.Sampler):
@@ -217,9 +242,12 @@ def _bn_eval(net: nn.Module) -> None:
 class HardRun:
     def __init__(self, c: HardConfig, resume: bool = False):
         self.c = c
+        self.device = resolve_device(c.device)
         os.makedirs(c.output, exist_ok=True)
         if c.threads:
             torch.set_num_threads(c.threads)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # the losses' bank products; convolutions use TF32 already
         all_paths = list_images(c.data_dir)
         self.paths, self.held = heldout_mod.split(all_paths, c.holdout_every)
         self.state_path = os.path.join(c.output, "state.pt")
@@ -228,14 +256,14 @@ class HardRun:
         if not resume and os.path.exists(self.state_path):
             raise ModelUnavailable(f"{c.output} holds a run already: add --resume to continue it, or choose another --output")
         self.teacher = torch.from_numpy(teacher_originals(
-            c.data_dir, self.paths, c.teacher, c.teacher_size, os.path.join(c.output, "teacher_orig.npy")))
+            c.data_dir, self.paths, c.teacher, c.teacher_size, os.path.join(c.output, "teacher_orig.npy"))).to(self.device)
         held_path = os.path.join(c.output, "heldout.npz")
         if self.held and not os.path.exists(held_path):
             heldout_mod.build(c.data_dir, self.held, c.image_size, c.seed).save(held_path)
         self.heldout = heldout_mod.HeldOut.load(held_path) if self.held else None
 
         self.config = read_config(c.start)
-        self.net = load_checkpoint(c.start, "cpu").net.float()
+        self.net = load_checkpoint(c.start, "cpu").net.float().to(self.device)
         if self.net.projector is None:
             raise ModelUnavailable(f"{c.start} has no projector: start from a trained copyscan checkpoint")
         if int(self.config["input_size"]) != c.image_size:
@@ -245,13 +273,13 @@ class HardRun:
         self.twin = momentum_twin(self.net)
         dim = self.net.out_dim
         bank_dim = dim if c.rel_space == "embedding" else self.net.feature_dim
-        self.queue = EmbeddingQueue(min(c.queue_size, len(self.paths) - c.batch_size), dim, torch.device("cpu"))
-        self.t_bank = EmbeddingQueue(c.bank_size, self.teacher.shape[1], torch.device("cpu"))
-        self.s_bank = EmbeddingQueue(c.bank_size, bank_dim, torch.device("cpu"))
+        self.queue = EmbeddingQueue(min(c.queue_size, len(self.paths) - c.batch_size), dim, self.device)
+        self.t_bank = EmbeddingQueue(c.bank_size, self.teacher.shape[1], self.device)
+        self.s_bank = EmbeddingQueue(c.bank_size, bank_dim, self.device)
         if c.rel_anchor not in ("original", "view"):
             raise ModelUnavailable(f"--rel-anchor must be 'original' or 'view', not {c.rel_anchor!r}")
-        self.view_teacher = load_teacher(c.teacher, "cpu") if (c.w_match or c.rel_anchor == "view") else None
-        self.match_head = nn.Linear(self.net.feature_dim, self.teacher.shape[1], bias=False) if c.w_match else None
+        self.match_head = (nn.Linear(self.net.feature_dim, self.teacher.shape[1], bias=False).to(self.device)
+                           if c.w_match else None)
         params = [{"params": [p for p in self.net.parameters() if p.requires_grad], "lr_scale": 1.0}]
         if self.match_head is not None:
             params.append({"params": list(self.match_head.parameters()), "lr_scale": c.match_head_lr})
@@ -262,9 +290,9 @@ class HardRun:
             self._restore()
         elif self.match_head is not None:
             self._fit_match_head()
-        m = torch.tensor(self.mean).view(1, 3, 1, 1) * 255.0
-        s = torch.tensor(self.std).view(1, 3, 1, 1) * 255.0
-        self.normalise = lambda x: (x.permute(0, 3, 1, 2).float() - m) / s
+        m = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        s = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1) * 255.0
+        self.normalise = lambda x: (x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float() - m) / s
 
     # ------------------------------------------------------------------ state
     def _restore(self) -> None:
@@ -291,7 +319,7 @@ class HardRun:
         pixels = np.stack([decode_file(os.path.join(self.c.data_dir, self.paths[j]), self.c.image_size).pixels
                            for j in picks])
         feats = heldout_mod.run_eval(self.net, pixels, self.mean, self.std, fn=self.net.features)
-        x, y = F.normalize(feats, dim=1).double(), self.teacher[torch.from_numpy(picks)].double()
+        x, y = F.normalize(feats, dim=1).double().cpu(), self.teacher[torch.from_numpy(picks)].double().cpu()
         gram = x.T @ x
         gram += ridge * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
         self.match_head.weight.copy_(torch.linalg.solve(gram, x.T @ y).T.float())
@@ -334,7 +362,10 @@ class HardRun:
         return result
 
     # ------------------------------------------------------------------ loop
-    def step_once(self, query: torch.Tensor, key: torch.Tensor, images: torch.Tensor) -> dict:
+    def step_once(self, query: torch.Tensor, key: torch.Tensor, images: torch.Tensor,
+                  t_view: torch.Tensor | None = None) -> dict:
+        """One optimiser step on a batch; `t_view` is the teacher's embedding of each hard view
+        (from the loader, `_Collate`), needed by L_match and the view-anchored L_rel."""
         c = self.c
         torch.manual_seed(step_seed(c.seed, self.step, 0))
         for g in self.optimizer.param_groups:
@@ -354,11 +385,8 @@ class HardRun:
             zk = F.normalize(self.twin.projector(fk), dim=1)
         own = self.queue.push(zk)
         negatives = self.queue.scores(z, own)
-        t_view = None
-        if self.view_teacher is not None:
-            # The same pixels the student sees, squashed to the teacher's size (160: as the originals).
-            t_view = F.normalize(torch.from_numpy(np.asarray(self.view_teacher.embed(to_size(query, c.teacher_size)),
-                                                             np.float32)), dim=1)
+        if t_view is not None:
+            t_view = t_view.to(self.device, non_blocking=True)
         raw = {}
         if c.w_match:
             raw["match"] = (1.0 - (F.normalize(self.match_head(F.normalize(f, dim=1)), dim=1) * t_view).sum(1)).mean()
@@ -369,7 +397,7 @@ class HardRun:
         if c.w_align:
             raw["align"] = (1.0 - (z * zk).sum(dim=1)).mean()
         if c.w_rel:
-            t = self.teacher[images]
+            t = self.teacher[images.to(self.device)]
             own_b = self.t_bank.push(t)
             anchor = t_view if c.rel_anchor == "view" else t
             if c.rel_space == "embedding":
@@ -391,7 +419,9 @@ class HardRun:
         out["pos"] = float((z.detach() * zk).sum(1).mean())
         return out
 
-    def run(self, stop_after: int | None = None) -> dict:
+    def run(self, stop_after: int | None = None, seconds: float | None = None) -> dict:
+        """Train to `c.steps` (or `stop_after`), or until `seconds` of training have passed: a
+        run on a lent machine must end, saved and scored, before its lease does."""
         c = self.c
         with open(os.path.join(c.output, "hard_config.json"), "w") as fh:
             json.dump(c.to_json(), fh, indent=2)
@@ -400,12 +430,13 @@ class HardRun:
         stop = min(c.steps, stop_after) if stop_after is not None else c.steps
         loader = torch.utils.data.DataLoader(
             HardViews(c.data_dir, self.paths, self.order, c), batch_sampler=_Batches(self.step, stop, c.batch_size),
-            num_workers=c.workers, collate_fn=_collate, prefetch_factor=4 if c.workers else None)
+            num_workers=c.workers, collate_fn=_Collate(c), prefetch_factor=4 if c.workers else None,
+            pin_memory=self.device.type == "cuda", persistent_workers=False)
         began, start_step, last = time.perf_counter(), self.step, {}
         with stop_signals_interrupt():  # SIGTERM saves the state as Ctrl-C does (a background run ignores SIGINT)
             try:
-                for query, key, images in loader:
-                    values = self.step_once(query, key, images)
+                for query, key, images, t_view in loader:
+                    values = self.step_once(query, key, images, t_view)
                     if self.step % c.log_every == 0:
                         elapsed = time.perf_counter() - began
                         last = {"step": self.step, "lr": lr_at(c, self.step - 1),
@@ -418,9 +449,13 @@ class HardRun:
                         self.export("model.safetensors")
                     if self.step % c.checkpoint_every == 0:
                         self.save_state()
+                    if seconds is not None and time.perf_counter() - began >= seconds:
+                        break
             except KeyboardInterrupt:
                 self.save_state()
                 raise
         self.save_state()
+        if self.step % c.eval_every:  # the last step is scored too, so best.safetensors covers it
+            self.evaluate()
         self.export("model.safetensors")
         return last

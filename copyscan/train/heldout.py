@@ -92,14 +92,15 @@ def run_eval(net: torch.nn.Module, pixels: np.ndarray, mean, std, batch: int = 6
     in eval mode (its mode restored after)."""
     was_training = net.training
     net.eval()
-    m = torch.tensor(mean).view(1, 3, 1, 1) * 255.0
-    s = torch.tensor(std).view(1, 3, 1, 1) * 255.0
+    device = next(net.parameters()).device  # the net's own (a GPU run scores on its GPU); results come back on the CPU
+    m = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
     fn = fn or net
     out = []
     try:
         for i in range(0, len(pixels), batch):
-            x = torch.from_numpy(np.ascontiguousarray(pixels[i:i + batch])).permute(0, 3, 1, 2).float()
-            out.append(fn((x - m) / s).float())
+            x = torch.from_numpy(np.ascontiguousarray(pixels[i:i + batch])).to(device).permute(0, 3, 1, 2).float()
+            out.append(fn((x - m) / s).float().cpu())
     finally:
         net.train(was_training)
     return torch.cat(out)

