@@ -107,3 +107,25 @@ def test_average_of_checkpoints_is_the_mean_of_their_weights(scripts, tmp_path, 
     save_checkpoint(other, dict(read_config(tiny_model_path), embed_dim=8), tmp_path / "other.safetensors")
     with pytest.raises(SystemExit, match="not the same architecture"):
         average_checkpoints.average([paths[0], str(tmp_path / "other.safetensors")])
+
+
+def test_pack_photos_keeps_names_order_and_sizes(tmp_path):
+    """training/pack_photos.py: the WebP copies that travel to a GPU machine keep each photo's
+    place in the sorted list (the hold-out split) and its size."""
+    import subprocess
+
+    from PIL import Image
+
+    from copyscan.train.data import list_images
+
+    src = tmp_path / "src"
+    for i, name in enumerate(["b/x.jpg", "a/y.png", "a/z.jpeg"]):
+        make_photo(src / name, size=(90 + i, 70), seed=i)
+    subprocess.run([sys.executable, str(TRAINING / "pack_photos.py"), str(src), str(tmp_path / "out"), "--quality", "60",
+                    "--workers", "1"], check=True)
+    packed = list_images(str(tmp_path / "out"))
+    assert packed == ["a/y.webp", "a/z.webp", "b/x.webp"]
+    assert [p.rsplit(".", 1)[0] for p in packed] == [p.rsplit(".", 1)[0] for p in list_images(str(src))]
+    for i, name in enumerate(["b/x", "a/y", "a/z"]):
+        with Image.open(tmp_path / "out" / f"{name}.webp") as im:
+            assert im.format == "WEBP" and im.size == (90 + i, 70)

