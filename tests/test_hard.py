@@ -326,3 +326,18 @@ def test_a_timed_run_stops_saved_and_scores_its_last_step(train_photos, tiny_mod
     assert (tmp_path / "t" / "model.safetensors").exists() and (tmp_path / "t" / "state.pt").exists()
     assert HardRun(tiny_config(train_photos, tmp_path / "t", tiny_model_path, eval_every=100, steps=50),
                    resume=True).step == 1
+
+
+def test_a_trained_checkpoint_drops_what_the_start_said_of_its_projector(train_photos, tiny_model_path, tmp_path):
+    """A run from a shipped model (its header records a fold of the background and a calibrated
+    threshold) exports checkpoints without them: training changed the projector they describe."""
+    from copyscan.models.checkpoint import load_checkpoint, read_config, save_checkpoint
+
+    start = tmp_path / "shipped.safetensors"
+    config = dict(read_config(str(tiny_model_path)), threshold=0.71, folded_background={"images": 2000, "whiten": 0})
+    save_checkpoint(load_checkpoint(str(tiny_model_path), "cpu").net, config, start)
+    HardRun(tiny_config(train_photos, tmp_path / "r", start, steps=2)).run()
+    for name in ("model.safetensors", "best.safetensors"):
+        exported = read_config(str(tmp_path / "r" / name))
+        assert "threshold" not in exported and "folded_background" not in exported
+        assert exported["training"]["start"] == "shipped.safetensors"

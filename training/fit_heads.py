@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from copyscan.edits import TrainAugment  # noqa: E402
 from copyscan.edits.hard import HardAugment  # noqa: E402
-from copyscan.models.checkpoint import load_checkpoint, read_config, save_checkpoint  # noqa: E402
+from copyscan.models.checkpoint import for_new_projector, load_checkpoint, read_config, save_checkpoint  # noqa: E402
 from copyscan.train import head_fit, heldout  # noqa: E402
 from copyscan.train.data import list_images, open_substituted, view_seed  # noqa: E402
 
@@ -208,7 +208,8 @@ def main() -> None:
             print(f"{dim}-d: best epoch {result.best_epoch}: hard {best['hard']['micro_ap']:.4f} "
                   f"plain {best['plain']['micro_ap']:.4f} ({row['seconds']} s)", flush=True)
             target = head_fit.with_head(copy.deepcopy(net), result.weight, result.bias)  # the same trunk, this head
-            save_checkpoint(target, dict(config, embed_dim=dim), Path(args.out, f"head_{dim}{args.tag}.safetensors"))
+            save_checkpoint(target, dict(for_new_projector(config), embed_dim=dim),
+                            Path(args.out, f"head_{dim}{args.tag}.safetensors"))
 
 
 if __name__ == "__main__":

@@ -62,3 +62,15 @@ def load_checkpoint(path: str | os.PathLike, device: str = "auto") -> Descriptor
 
 def trunk_of(net: DescriptorNet) -> torch.nn.Module:
     return net.backbone
+
+
+# Settings a checkpoint's header records about its projector as shipped: a fold of the
+# background's centring (training/ship_model.py) and the threshold calibrated for its scores.
+PROJECTOR_RECORDS = ("folded_background", "threshold")
+
+
+def for_new_projector(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` for a checkpoint whose projector was trained on or fitted anew: what the header
+    said of the old projector (its fold, its threshold) no longer holds, and a copy of a shipped
+    model would otherwise carry them on (ship_model.py adds its own when it ships one)."""
+    return {k: v for k, v in config.items() if k not in PROJECTOR_RECORDS}

@@ -62,7 +62,7 @@ from ..decode import decode_file
 from ..edits import TrainAugment
 from ..edits.hard import HardAugment
 from ..models.base import ModelUnavailable, resolve_device
-from ..models.checkpoint import load_checkpoint, read_config, save_checkpoint
+from ..models.checkpoint import for_new_projector, load_checkpoint, read_config, save_checkpoint
 from . import heldout as heldout_mod
 from .data import SampleOrder, list_images, open_substituted, view_seed
 from .losses import EmbeddingQueue, hard_negative, moco_contrast, relational_kl
@@ -336,7 +336,7 @@ class HardRun:
         os.replace(tmp, self.state_path)
 
     def export(self, name: str) -> str:
-        config = dict(self.config, training={"recipe": "hard-views RDCD (copyscan.train.hardrun)", "step": self.step,
+        config = dict(for_new_projector(self.config), training={"recipe": "hard-views RDCD (copyscan.train.hardrun)", "step": self.step,
                                              "start": os.path.basename(self.c.start), "teacher": self.c.teacher,
                                              "data": os.path.basename(os.path.abspath(self.c.data_dir))})
         path = os.path.join(self.c.output, name)
