@@ -21,4 +21,4 @@ timeout 150 python3 -m pytest tests/test_cuda.py tests/test_hard.py -q -p no:cac
 mkdir -p /tmp/photos && for k in 1 2 3 4 5 6 7 8; do cp -r .gpu/photos /tmp/photos/c$k; done
 timeout 200 python3 benchmarks/gpu_extraction.py /tmp/photos --repeats 2 --batch-sizes 128,256 --index \
     --json "$OUT/gpu_extraction.json" > "$OUT/gpu_extraction.txt" 2>&1; tail -12 "$OUT/gpu_extraction.txt"
-timeout 200 python3 -m pytest -m "not slow" -q -p no:cacheprovider -n 14 2>&1 | tee "$OUT/suite.txt" | tail -25
+timeout -s INT 200 python3 -m pytest -m "not slow" -q -rf -p no:cacheprovider -n 14 2>&1 | tee "$OUT/suite.txt" | tail -25

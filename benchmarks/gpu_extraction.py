@@ -10,7 +10,9 @@ machine's load spreads over both; medians are reported):
 * `pipeline`: discover -> decode (copyscan's decode workers) -> embed, in this process, the
   model loaded beforehand: the extraction rate `index` gets once it runs;
 * `index` (with --index): `copyscan index PHOTOS --device D` as a user runs it, a fresh process
-  and a fresh index folder each time, start-up, Parquet shards and FAISS included.
+  and a fresh index folder each time, start-up, Parquet shards and FAISS included; and the same
+  on 32 of the photos (`index_32`), whose time is nearly all fixed cost, beside a fresh process
+  that only imports torch and starts CUDA (`cuda_start`): what a short folder pays on a GPU.
 
 The CPU runs use the model as a CPU user gets it (`--runtime auto`: the int8 twin on ONNX
 Runtime for a shipped model), with the CPU's default batch and workers.
@@ -113,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
             "cpu_runtime": cpu.info.runtime, "torch": torch.__version__}
     print(json.dumps(info), flush=True)
     runs = []
+    few = tempfile.mkdtemp(prefix="gpu_extraction_32_")
+    for i, e in enumerate(entries[:32]):
+        shutil.copyfile(e.path, os.path.join(few, f"{i:02d}{os.path.splitext(e.path)[1]}"))
 
     def record(**r):
         runs.append(r)
@@ -134,14 +139,26 @@ def main(argv: list[str] | None = None) -> None:
                 seconds = index_rate(args.photos, args.model, device, b)
                 record(stage="index", device=device, batch=b or args.cpu_batch, repeat=rep, images=len(entries),
                        images_per_s=round(len(entries) / seconds, 1), seconds=round(seconds, 2))
+                seconds = index_rate(few, args.model, device, b)
+                record(stage="index_32", device=device, batch=b or args.cpu_batch, repeat=rep, images=32,
+                       images_per_s=round(32 / seconds, 1), seconds=round(seconds, 2))
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "import torch; torch.zeros(1, device='cuda' if torch.cuda.is_available() "
+                            "else 'cpu').sum().item()"], check=True)
+            record(stage="cuda_start", device=args.gpu_device, batch=0, repeat=rep, images=0, images_per_s=0.0,
+                   seconds=round(time.perf_counter() - t, 2))
+    shutil.rmtree(few, ignore_errors=True)
     medians = {}
     for r in runs:
-        medians.setdefault((r["stage"], r["device"], r["batch"]), []).append(r["images_per_s"])
-    summary = [{"stage": s, "device": d, "batch": b, "median_images_per_s": round(statistics.median(v), 1)}
+        medians.setdefault((r["stage"], r["device"], r["batch"]), []).append(r)
+    summary = [{"stage": s, "device": d, "batch": b,
+                "median_images_per_s": round(statistics.median(r["images_per_s"] for r in v), 1),
+                "median_seconds": round(statistics.median(r.get("seconds", 0.0) for r in v), 2)}
                for (s, d, b), v in medians.items()]
-    print("\nstage     device  batch  median images/s")
+    print("\nstage       device  batch  median images/s  median s (index, start)")
     for row in summary:
-        print(f"{row['stage']:<9} {row['device']:<7} {row['batch']:>5}  {row['median_images_per_s']:>10.1f}")
+        print(f"{row['stage']:<11} {row['device']:<7} {row['batch']:>5}  {row['median_images_per_s']:>15.1f}  "
+              f"{row['median_seconds']:>8.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"info": info, "runs": runs, "medians": summary}, indent=1))
 
