@@ -10,6 +10,7 @@ that `index` and `query` never import torch (1.2-2 s of start-up on a 2-core CPU
 
 from __future__ import annotations
 
+import copy
 import os
 from collections import deque
 from dataclasses import dataclass
@@ -45,8 +46,9 @@ def default_workers(gpu: bool = False) -> int:
 
 
 def start_worker(parent_pid: int, niceness: int, _worker_id: int = 0) -> None:
-    """DataLoader worker start-up: end with the parent (kill -9 of `copyscan index` must not
-    leave decoders running), then step aside for the model (`niceness`, 0 on a GPU).
+    """A decode worker's start-up (the DataLoader's or the pool's): end with the parent (kill -9
+    of `copyscan index` must not leave decoders running), then step aside for the model
+    (`niceness`, 0 on a GPU).
 
     Ctrl-C reaches the whole process group; the main process handles it (saves the shard, says
     how to resume) and stops the workers itself. A worker interrupted in the middle of handing
@@ -81,7 +83,29 @@ def lower_priority(niceness: int, _worker_id: int = 0) -> None:
         pass
 
 
-class _Files:
+class _Listed:
+    """A dataset whose items come from one list (`_ITEMS` names it). A pool task carries only its
+    batch's part of that list (`part`): handing the whole dataset to each worker would pickle a
+    list of millions of paths to every one of them where processes start by spawn or forkserver
+    (macOS, Windows; Linux from Python 3.14), and keep a copy in each."""
+
+    _ITEMS = ""
+    first = 0  # the number of this part's first item in the whole (items keep their numbers)
+
+    def part(self, a: int, b: int):
+        """Items a .. b - 1, numbered as in the whole."""
+        part = copy.copy(self)
+        setattr(part, self._ITEMS, getattr(self, self._ITEMS)[a - self.first:b - self.first])
+        part.first = a
+        return part
+
+    def numbers(self) -> range:
+        return range(self.first, self.first + len(getattr(self, self._ITEMS)))
+
+
+class _Files(_Listed):
+    _ITEMS = "entries"
+
     def __init__(self, entries: Sequence[FileEntry], size: int, max_pixels: int, boxes: Sequence[Box] = (),
                  local_features: bool = False):
         self.entries = entries
@@ -94,7 +118,7 @@ class _Files:
         return len(self.entries)
 
     def __getitem__(self, i: int):
-        entry = self.entries[i]
+        entry = self.entries[i - self.first]
         d, reason = decode_or_reason(entry.path, self.size, self.max_pixels)
         if d is None:
             return i, None, reason
@@ -163,12 +187,13 @@ def decoded_batches(dataset, batch_size: int, workers: int, niceness: int, colla
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    pool = ProcessPoolExecutor(workers, initializer=_start_pool_worker, initargs=(dataset, os.getpid(), niceness))
+    pool = ProcessPoolExecutor(workers, mp_context=POOL_CONTEXT, initializer=start_worker,
+                               initargs=(os.getpid(), niceness))
     window: deque = deque()
     todo = iter(starts)
 
     def submit(a: int) -> None:
-        window.append(pool.submit(_decode_batch, a, min(a + batch_size, len(dataset))))
+        window.append(pool.submit(_decode_part, dataset.part(a, min(a + batch_size, len(dataset)))))
 
     try:
         for a in todo:
@@ -189,17 +214,12 @@ def decoded_batches(dataset, batch_size: int, workers: int, niceness: int, colla
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-_POOL_DATASET = None  # the dataset a pool worker decodes from, given once at its start
+# The start method of the decode pool's processes (None: the platform's default); tests set spawn.
+POOL_CONTEXT = None
 
 
-def _start_pool_worker(dataset, parent_pid: int, niceness: int) -> None:
-    global _POOL_DATASET
-    _POOL_DATASET = dataset
-    start_worker(parent_pid, niceness)
-
-
-def _decode_batch(a: int, b: int) -> list:
-    return [_POOL_DATASET[i] for i in range(a, b)]
+def _decode_part(part: _Listed) -> list:
+    return [part[i] for i in part.numbers()]
 
 
 @dataclass
@@ -269,8 +289,10 @@ class RegionBatch:
     failed: list[tuple[int, str]]  # (item, reason): files that could not be decoded now
 
 
-class _Requests:
+class _Requests(_Listed):
     """(path, boxes) requests: each file decoded once, at the resolution its smallest box needs."""
+
+    _ITEMS = "requests"
 
     def __init__(self, requests: Sequence[tuple[str, Sequence[Box]]], size: int, max_pixels: int):
         self.requests = requests
@@ -281,7 +303,7 @@ class _Requests:
         return len(self.requests)
 
     def __getitem__(self, i: int):
-        path, boxes = self.requests[i]
+        path, boxes = self.requests[i - self.first]
         pixels, reason = or_reason(region_pixels, path, self.size, boxes, self.max_pixels)
         return i, pixels, reason or None
 

@@ -87,6 +87,38 @@ def test_torch_free_decode_pool_keeps_order_and_priority(monkeypatch):
     assert seen == {min(19, before + embed.CPU_DECODE_NICENESS)}
 
 
+def test_decode_pool_tasks_carry_only_their_batch_and_work_under_spawn(tmp_path, monkeypatch):
+    """A pool task pickles its batch's part of the file list, not the whole list (which a spawn
+    or forkserver start would copy to every worker), and the pool decodes the same as the main
+    process where workers start by spawn (macOS, Windows)."""
+    import multiprocessing
+    import pickle
+
+    from conftest import make_photo
+
+    many = embed._Files([FileEntry(f"/photos/{i:07d}.jpg", 1, 1) for i in range(5000)], 64, 10**8)
+    part = many.part(4000, 4032)
+    assert len(pickle.dumps(part)) * 50 < len(pickle.dumps(many))
+    assert list(part.numbers()) == list(range(4000, 4032)) and part.entries[0].path == "/photos/0004000.jpg"
+    assert part.part(4010, 4012).entries == many.entries[4010:4012]
+    requests = embed._Requests([(f"/p/{i}.jpg", [(0.0, 0.0, 0.5, 0.5)]) for i in range(100)], 64, 10**8)
+    assert requests.part(10, 12).requests == requests.requests[10:12]
+
+    paths = [make_photo(tmp_path / f"{i}.jpg", size=(80, 60), seed=i) for i in range(7)]
+    entries = [FileEntry(str(p), 1, 1) for p in paths]
+    (tmp_path / "3.jpg").write_bytes(b"not a photo")  # a failure keeps its number too
+    monkeypatch.setattr(embed, "POOL_CONTEXT", multiprocessing.get_context("spawn"))
+    runs = {}
+    for workers in (0, 2):
+        batches = list(embed.decoded_batches(embed._Files(entries, 64, 10**8), 3, workers, 0, embed._collate,
+                                             uses_torch=False))
+        runs[workers] = ([i for b in batches for i in b[0]], np.concatenate([b[1] for b in batches]),
+                         [bad for b in batches for bad in b[3]])
+    assert runs[2][0] == runs[0][0] == [0, 1, 2, 4, 5, 6]
+    assert np.array_equal(runs[2][1], runs[0][1])
+    assert [i for i, _ in runs[2][2]] == [i for i, _ in runs[0][2]] == [3]
+
+
 def _decode_dies(path, size, max_pixels):
     os._exit(3)  # a decoder killed mid-file (the OOM killer, a crash in a codec)
 
