@@ -234,19 +234,40 @@ def _prepare_discover(spec, files):
     return (lambda: discover(spec["folder"])), len(files), ""
 
 
+def decoders_of(spec) -> tuple[bool, bool]:
+    """(through torch's DataLoader, for a GPU): which decoders the measured model gets in `index`
+    (embed.decoded_batches), told without loading it. A model on a GPU, or any model under
+    runtime "torch", is fed by the DataLoader (pinned memory for the GPU); on a CPU copyscan's
+    models run on ONNX Runtime, fed by copyscan's own pool (a TorchScript file, which stays on
+    torch there, is the exception this does not see)."""
+    from .models.descriptor import known_cpu
+    from .models.runtime import requested_runtime
+
+    gpu = False
+    if not known_cpu(spec["device"]):
+        from .models.base import resolve_device
+
+        gpu = resolve_device(spec["device"]).type == "cuda"
+    return gpu or requested_runtime(spec.get("runtime")) == "torch", gpu
+
+
 def _prepare_decode(spec, files):
+    from functools import partial
+
     from .discover import FileEntry
     from .embed import _collate, _Files, decoded_batches
 
     entries = [FileEntry(p, 0, 0) for p in files]
+    uses_torch, gpu = decoders_of(spec)
 
     def work():
-        # The decode pool an ONNX model on the CPU gets (copyscan.embed), at the workers' priority.
+        # The decoders the model gets in `index` (copyscan.embed): the pool for an ONNX model on the
+        # CPU, torch's DataLoader (pinned memory on a GPU) for a torch model.
         for _ in decoded_batches(_Files(entries, spec["size"], 250_000_000), spec["batch_size"], spec["workers"], 0,
-                                 _collate, uses_torch=False):
+                                 partial(_collate, tensors=uses_torch), uses_torch=uses_torch, pin_memory=gpu):
             pass
 
-    return work, len(files), ""
+    return work, len(files), "torch DataLoader" if uses_torch else "decode pool"
 
 
 def _prepare_model(spec, files):

@@ -205,3 +205,24 @@ def test_int8_keeps_the_first_convolutions_in_fp32(tiny_model_path, tmp_path):
     quantised = [node.input[1] in dequantised for node in convs]
     assert len(convs) > FP32_LEADING_CONVS + 2
     assert quantised[:FP32_LEADING_CONVS] == [False] * FP32_LEADING_CONVS and all(quantised[FP32_LEADING_CONVS:])
+
+
+def test_bench_speed_decode_stage_times_the_decoders_the_model_gets(monkeypatch):
+    """`bench speed`'s decode stage feeds the same decoders as `index` would: copyscan's pool for
+    an ONNX model on the CPU, torch's DataLoader under runtime "torch" (and on a GPU)."""
+    from copyscan import embed, speed
+
+    seen = []
+
+    def fake_batches(dataset, batch_size, workers, niceness, collate, *, uses_torch, pin_memory=False):
+        seen.append((uses_torch, pin_memory))
+        return iter(())
+
+    monkeypatch.setattr(embed, "decoded_batches", fake_batches)
+    base = {"size": 64, "batch_size": 4, "workers": 0, "device": "cpu"}
+    for runtime, expected, label in ((None, (False, False), "decode pool"), ("onnx", (False, False), "decode pool"),
+                                     ("torch", (True, False), "torch DataLoader")):
+        work, n, note = speed._prepare_decode(dict(base, runtime=runtime), ["/x/a.jpg", "/x/b.jpg"])
+        work()
+        assert seen[-1] == expected and n == 2 and note == label
+    assert speed.decoders_of(dict(base, runtime="auto")) == (False, False)
