@@ -40,6 +40,9 @@ from copyscan.discover import discover  # noqa: E402
 from copyscan.embed import default_workers, embed_entries  # noqa: E402
 from copyscan.models import DEFAULT_MODEL, create_model  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from startup import link_photos  # noqa: E402  (the first photos, linked into a scratch folder)
+
 
 def _sync(model) -> None:
     if model.device.type == "cuda":
@@ -115,9 +118,9 @@ def main(argv: list[str] | None = None) -> None:
             "cpu_runtime": cpu.info.runtime, "torch": torch.__version__}
     print(json.dumps(info), flush=True)
     runs = []
-    few = tempfile.mkdtemp(prefix="gpu_extraction_32_")
-    for i, e in enumerate(entries[:32]):
-        shutil.copyfile(e.path, os.path.join(few, f"{i:02d}{os.path.splitext(e.path)[1]}"))
+    few_root = tempfile.mkdtemp(prefix="gpu_extraction_32_")
+    few = os.path.join(few_root, "photos")
+    link_photos(Path(args.photos), 32, Path(few))
 
     def record(**r):
         runs.append(r)
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
                             "else 'cpu').sum().item()"], check=True)
             record(stage="cuda_start", device=args.gpu_device, batch=0, repeat=rep, images=0, images_per_s=0.0,
                    seconds=round(time.perf_counter() - t, 2))
-    shutil.rmtree(few, ignore_errors=True)
+    shutil.rmtree(few_root, ignore_errors=True)
     medians = {}
     for r in runs:
         medians.setdefault((r["stage"], r["device"], r["batch"]), []).append(r)

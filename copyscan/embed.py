@@ -100,7 +100,7 @@ class _Listed:
         return part
 
     def numbers(self) -> range:
-        return range(self.first, self.first + len(getattr(self, self._ITEMS)))
+        return range(self.first, self.first + len(self))
 
 
 class _Files(_Listed):

@@ -240,14 +240,9 @@ def decoders_of(spec) -> tuple[bool, bool]:
     runtime "torch", is fed by the DataLoader (pinned memory for the GPU); on a CPU copyscan's
     models run on ONNX Runtime, fed by copyscan's own pool (a TorchScript file, which stays on
     torch there, is the exception this does not see)."""
-    from .models.descriptor import known_cpu
-    from .models.runtime import requested_runtime
+    from .models.runtime import on_cpu, requested_runtime
 
-    gpu = False
-    if not known_cpu(spec["device"]):
-        from .models.base import resolve_device
-
-        gpu = resolve_device(spec["device"]).type == "cuda"
+    gpu = not on_cpu(spec["device"])
     return gpu or requested_runtime(spec.get("runtime")) == "torch", gpu
 
 

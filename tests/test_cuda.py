@@ -71,17 +71,10 @@ def test_index_and_query_on_cuda_give_the_cpus_matches(tmp_path, tiny_model_path
 
 
 def _hard_config(data, out, start, **kw):
-    from copyscan.train.hardrun import HardConfig
+    """test_hard.py's tiny run, with the shipped recipe's levers on (L_hn, the view teacher)."""
+    from test_hard import tiny_config
 
-    base = dict(teacher=str(start), teacher_size=64, image_size=64, batch_size=6, queue_size=12, bank_size=12,
-                holdout_every=4, eval_every=2, checkpoint_every=100, log_every=1, workers=0, warmup_steps=2,
-                frozen_blocks=1, steps=4, w_hn=1.0, rel_anchor="view", rel_space="feature")
-    base.update(kw)
-    return HardConfig(str(data), str(out), str(start), **base)
-
-
-def _jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return tiny_config(data, out, start, **{"w_hn": 1.0, "rel_anchor": "view", "rel_space": "feature", **kw})
 
 
 def test_hard_run_on_cuda_follows_the_cpu_run_and_resumes_on_the_cpu(tmp_path, tiny_model_path):
@@ -98,7 +91,9 @@ def test_hard_run_on_cuda_follows_the_cpu_run_and_resumes_on_the_cpu(tmp_path, t
     resumed = HardRun(_hard_config(data, tmp_path / "gpu", tiny_model_path, device="cpu"), resume=True)
     assert resumed.step == 2 and next(resumed.net.parameters()).device.type == "cpu"
     resumed.run()
-    cpu_log, gpu_log = _jsonl(tmp_path / "cpu" / "metrics.jsonl"), _jsonl(tmp_path / "gpu" / "metrics.jsonl")
+    from test_hard import read_jsonl
+
+    cpu_log, gpu_log = read_jsonl(tmp_path / "cpu" / "metrics.jsonl"), read_jsonl(tmp_path / "gpu" / "metrics.jsonl")
     assert [r["step"] for r in gpu_log] == [1, 2, 3, 4]
     for a, b in zip(cpu_log, gpu_log):
         for key in ("loss", "rel", "con", "hn", "align"):

@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from copyscan.train.data import list_images  # noqa: E402
 
 
 def _one(job: tuple[str, str, int]) -> int:
@@ -33,13 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quality", type=int, default=52)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args(argv)
-    jobs = []
-    for folder, _, files in os.walk(args.source):
-        for name in sorted(files):
-            if name.lower().endswith((".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")):
-                rel = os.path.relpath(os.path.join(folder, name), args.source)
-                jobs.append((os.path.join(folder, name), os.path.join(args.dest, os.path.splitext(rel)[0] + ".webp"),
-                             args.quality))
+    # The photos train_hard.py trains on: the same discovery, so the same files in the same order.
+    jobs = [(os.path.join(args.source, rel), os.path.join(args.dest, os.path.splitext(rel)[0] + ".webp"), args.quality)
+            for rel in list_images(args.source)]
     with ProcessPoolExecutor(args.workers) as pool:
         total = sum(pool.map(_one, jobs, chunksize=64))
     print(f"{len(jobs)} photos, {total / 1e6:.1f} MB in {args.dest}")

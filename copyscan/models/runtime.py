@@ -99,7 +99,7 @@ def cached_twin(info: ModelInfo, device: str, runtime: str | None = None) -> Des
     net first would import timm and torchvision (about 3 s of every command's start-up on this
     CPU) only to be dropped."""
     choice = requested_runtime(runtime)
-    if choice == "torch" or not onnx_available(export=False) or not _on_cpu(device):
+    if choice == "torch" or not onnx_available(export=False) or not on_cpu(device):
         return None
     if choice != "onnx-fp32":
         twin = shipped_int8_twin(info)
@@ -114,7 +114,7 @@ def cached_twin(info: ModelInfo, device: str, runtime: str | None = None) -> Des
         return None  # a damaged or mismatched cache file: the slow path exports it again
 
 
-def _on_cpu(device) -> bool:
+def on_cpu(device) -> bool:
     """Whether `device` resolves to the CPU; torch is asked only where no cheaper sign says so."""
     if known_cpu(device):
         return True

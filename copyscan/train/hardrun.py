@@ -184,7 +184,8 @@ class _Collate:
         if not (self.c.w_match or self.c.rel_anchor == "view"):
             return query, key, images, None
         if self.teacher is None:
-            os.environ["COPYSCAN_ORT_THREADS"] = str(self.c.teacher_threads)
+            if torch.utils.data.get_worker_info() is not None:  # a worker shares the cores; the main process keeps them all
+                os.environ["COPYSCAN_ORT_THREADS"] = str(self.c.teacher_threads)
             self.teacher = load_teacher(self.c.teacher, "cpu")
         # The same pixels the student sees, squashed to the teacher's size (160: as the originals).
         t_view = F.normalize(torch.from_numpy(np.asarray(self.teacher.embed(to_size(query, self.c.teacher_size)),
